@@ -1,0 +1,105 @@
+"""Text corpora -> deterministic train/held-out splits -> packed token blocks.
+
+Every source goes through `datasets`: the shipped snapshot and local files with the `json`/`text`
+builders, Hub datasets by id (streamed when the recipe asks). Held-out documents are chosen by a
+hash of a stable key (the file path for the shipped corpus, else the text), so the split never
+depends on file order, shuffling or the number of processes.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+
+from extract.paths import CORPUS_FILE
+
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where text comes from; mirrors the recipe's `data` section."""
+
+    dataset: str = EMBEDDED
+    config: str | None = None
+    text_column: str = "text"
+    key_column: str | None = None  # column hashed for the split; None hashes the text itself
+    train_split: str = "train"
+    heldout_split: str | None = None  # None: carve held-out documents out of train_split by hash
+    heldout_fraction: float = 0.05
+    streaming: bool = False
+
+
+EMBEDDED_CORPUS = CorpusSpec(dataset=EMBEDDED, key_column="path", heldout_fraction=0.1)
+
+
+def is_heldout(key: str, fraction: float) -> bool:
+    """Deterministic document-level split: the same key lands on the same side on every machine."""
+    bucket = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2**64
+    return bucket < fraction
+
+
+def _load(spec: CorpusSpec, split: str):
+    if spec.dataset == EMBEDDED:
+        return datasets.load_dataset("json", data_files=str(CORPUS_FILE), split=split)
+    path = Path(spec.dataset)
+    if path.exists():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
+        if not files:
+            raise FileNotFoundError(f"data.dataset: directory {path} holds no files")
+        builder = "json" if all(".json" in Path(f).name for f in files) else "text"
+        return datasets.load_dataset(builder, data_files=files, split=split, streaming=spec.streaming)
+    return datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=spec.streaming)
+
+
+def load_text_splits(spec: CorpusSpec) -> dict:
+    """Return {"train": ds, "heldout": ds}, each with the text in `spec.text_column`."""
+    train = _load(spec, spec.train_split)
+    columns = train.column_names
+    if columns is not None and spec.text_column not in columns:
+        raise KeyError(f"data.text_column: column {spec.text_column!r} not in {spec.dataset} (has {columns})")
+    if spec.heldout_split is not None:
+        return {"train": train, "heldout": _load(spec, spec.heldout_split)}
+    key = spec.key_column or spec.text_column
+
+    def heldout(row):
+        return is_heldout(str(row[key]), spec.heldout_fraction)
+
+    return {"train": train.filter(lambda row: not heldout(row)), "heldout": train.filter(heldout)}
+
+
+def pack_blocks(texts, tokenizer, block_size: int, text_column: str = "text"):
+    """Tokenise, join documents with EOS and cut into non-overlapping blocks of `block_size` tokens.
+
+    Works on map-style and streaming datasets alike (the standard `run_clm` grouping).
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token; documents cannot be separated when packing")
+
+    def tokenize_and_group(batch):
+        ids: list[int] = []
+        for text in batch[text_column]:
+            ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+            ids.append(eos)
+        usable = len(ids) - len(ids) % block_size
+        return {"input_ids": [ids[i : i + block_size] for i in range(0, usable, block_size)]}
+
+    columns = texts.column_names
+    kwargs = {}
+    if not isinstance(texts, datasets.IterableDataset):
+        # datasets cannot hash a tokenizer reliably, so name the cache entry by what decides it.
+        key = "|".join([texts._fingerprint, tokenizer.backend_tokenizer.to_str(), str(block_size), text_column])
+        kwargs = {"desc": "tokenising and packing", "new_fingerprint": hashlib.sha1(key.encode()).hexdigest()}
+    return texts.map(tokenize_and_group, batched=True, batch_size=256, remove_columns=columns, **kwargs)
+
+
+def heldout_tensor(blocks, n_blocks: int) -> torch.Tensor:
+    """The first `n_blocks` held-out blocks as one LongTensor: every evaluation sees the same tokens."""
+    rows = [row["input_ids"] for _, row in zip(range(n_blocks), blocks)]
+    if not rows:
+        raise ValueError("the held-out split produced no complete block; lower data.block_size or add text")
+    return torch.tensor(rows, dtype=torch.long)

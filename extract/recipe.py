@@ -1,0 +1,278 @@
+"""Recipes: a typed schema, YAML loading, dotted key=value overrides, and validation errors.
+
+A recipe is plain YAML whose shape is the dataclasses below. Loading checks every key and type
+before any work starts, and every error names the file and the dotted key, e.g.
+`recipes/x.yaml: sparsity.target_density: must be in (0, 1], got 1.5`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from extract.paths import RECIPES_DIR
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run, with the file and the key that is wrong."""
+
+
+@dataclass
+class ModelConfig:
+    # "embedded" is the shipped dense default; otherwise a Hub id, a local directory, or a PEFT
+    # (LoRA) adapter directory whose base model is loaded and merged.
+    name_or_path: str = "embedded"
+    revision: str | None = None
+    tokenizer: str | None = None  # default: the model's own
+    trust_remote_code: bool = False
+    # Set to train a fresh GPT-2 of this shape instead of loading weights (dense pretraining).
+    init_config: dict[str, Any] | None = None
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "embedded"  # "embedded", a local file/directory, or a Hub dataset id
+    config: str | None = None
+    text_column: str = "text"
+    key_column: str | None = None
+    train_split: str = "train"
+    heldout_split: str | None = None
+    heldout_fraction: float = 0.05
+    streaming: bool = False
+    block_size: int = 256
+    heldout_blocks: int = 64
+
+
+@dataclass
+class SparsityConfig:
+    enabled: bool = True
+    target_density: float = 1 / 32
+    min_per_unit: int = 4  # the paper's j: nonzeros kept per neuron / q,k,v channel / value channel
+    anneal_fraction: float = 0.5
+    anneal_shape: Literal["linear", "log", "cubic"] = "log"
+    sharkfin: bool = True  # lr *= sqrt(target_density / current_density)
+    embeddings: bool = True  # sparsify token and position embeddings too
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 0.1
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.01
+    grad_rescale_rms: bool = True  # rescale gradients to global RMS 1 every step
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class LossConfig:
+    ce_weight: float = 1.0
+    kl_weight: float = 1.0  # distillation to the frozen dense model
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 16  # per process, per micro-step
+    gradient_accumulation_steps: int = 1
+    # auto: bf16 on GPUs that have it and on CPUs with native bf16, else float32 (fp16 on old GPUs)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile through Accelerate (inductor); ~1 min to compile
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    quote_examples: int = 1000  # balanced closing-quote examples from held-out code; 0 turns it off
+
+
+@dataclass
+class Recipe:
+    name: str = "unnamed"
+    output_dir: str = "outputs/unnamed"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    env: dict[str, str] = field(default_factory=dict)  # environment set before anything loads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- typed construction from YAML
+
+
+def _describe(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, where: str):
+    """Check `value` against the annotation `tp`, converting only where YAML cannot say it (tuples)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except RecipeError as error:
+                errors.append(str(error))
+        raise RecipeError(errors[0] if len(errors) == 1 else f"{where}: expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise RecipeError(f"{where}: must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping of fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise RecipeError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {_coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise RecipeError(f"{where}: expected {_describe(tp)}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} at {where}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            raise RecipeError(f"{where}: unknown key (valid keys here: {', '.join(sorted(known))})")
+        kwargs[key] = _coerce(value, hints[key], where)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- value checks
+
+
+def _check(condition: bool, where: str, message: str, value) -> None:
+    if not condition:
+        raise RecipeError(f"{where}: {message}, got {value!r}")
+
+
+def validate(recipe: Recipe) -> None:
+    """Reject values that type-check but cannot run, before any work starts."""
+    s, o, t, d, lo = recipe.sparsity, recipe.optim, recipe.train, recipe.data, recipe.loss
+    _check(0 < s.target_density <= 1, "sparsity.target_density", "must be in (0, 1]", s.target_density)
+    _check(s.min_per_unit >= 0, "sparsity.min_per_unit", "must be >= 0", s.min_per_unit)
+    _check(0 <= s.anneal_fraction <= 1, "sparsity.anneal_fraction", "must be in [0, 1]", s.anneal_fraction)
+    _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "must be a positive number", o.lr)
+    _check(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)", o.betas)
+    _check(o.eps > 0, "optim.eps", "must be > 0", o.eps)
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
+    _check(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", "must be in [0, 1)", o.warmup_fraction)
+    _check(o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0", o.clip_grad_norm)
+    _check(lo.ce_weight >= 0 and lo.kl_weight >= 0, "loss", "weights must be >= 0", (lo.ce_weight, lo.kl_weight))
+    _check(lo.ce_weight + lo.kl_weight > 0, "loss", "at least one weight must be > 0", (lo.ce_weight, lo.kl_weight))
+    for key in ("steps", "batch_size", "gradient_accumulation_steps", "eval_every", "checkpoint_every", "log_every"):
+        _check(getattr(t, key) > 0, f"train.{key}", "must be a positive integer", getattr(t, key))
+    _check(d.block_size > 1, "data.block_size", "must be > 1", d.block_size)
+    _check(d.heldout_blocks > 0, "data.heldout_blocks", "must be > 0", d.heldout_blocks)
+    _check(0 < d.heldout_fraction < 1, "data.heldout_fraction", "must be in (0, 1)", d.heldout_fraction)
+    _check(recipe.eval.quote_examples >= 0, "eval.quote_examples", "must be >= 0", recipe.eval.quote_examples)
+    if recipe.model.init_config is not None and recipe.loss.kl_weight > 0:
+        raise RecipeError("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def available_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"{name_or_path}: recipe file not found")
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        raise RecipeError(f"{name_or_path}: no such recipe (available: {', '.join(available_recipes())})")
+    return candidate
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.steps=200` -> (["train", "steps"], 200); the value is parsed as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r}: expected key=value, e.g. train.steps=200")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise RecipeError(f"override {text!r}: empty key")
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def apply_override(data: dict, keys: list[str], value) -> None:
+    node = data
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {'.'.join(keys)}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[Recipe, Path]:
+    """Read, override, type-check and validate a recipe; errors are prefixed with the file."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    try:
+        for text in overrides:
+            apply_override(data, *parse_override(text))
+        recipe = _build(Recipe, data)
+        validate(recipe)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+    return recipe, path

@@ -1,0 +1,113 @@
+"""Weight-sparsity primitives: the magnitude projection and the density / learning-rate schedules.
+
+Pure functions of tensors and step numbers, so they are tested directly (tests/test_sparsity.py)
+and the training loop only calls them. METHOD.md section 2 is the reference.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from extract.models import SparseTensor
+
+
+def kept_count(numel: int, density: float) -> int:
+    return min(numel, max(1, math.ceil(density * numel)))
+
+
+@torch.no_grad()
+def projection_mask(weight: torch.Tensor, k: int, unit_axis: int | None, min_per_unit: int) -> torch.Tensor:
+    """Boolean mask of exactly max(k, protected) entries: each unit's `min_per_unit` largest
+    magnitudes are protected, the rest of the budget goes to the largest remaining magnitudes."""
+    scores = weight.detach().abs().float()
+    if unit_axis is not None and min_per_unit > 0:
+        other = 1 - unit_axis
+        j = min(min_per_unit, scores.shape[other])
+        top = scores.topk(j, dim=other).indices
+        protected = torch.zeros_like(scores, dtype=torch.bool).scatter_(other, top, True)
+        scores = scores.masked_fill(protected, math.inf)
+        k = max(k, j * scores.shape[unit_axis])
+    flat = scores.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if k >= flat.numel():
+        return mask.fill_(True).view_as(weight)
+    mask[flat.topk(k, sorted=False).indices] = True
+    return mask.view_as(weight)
+
+
+@torch.no_grad()
+def project_(tensors: list[SparseTensor], density: float, min_per_unit: int) -> None:
+    """Zero all but the largest-magnitude entries of every tensor, in place, to `density`."""
+    if density >= 1.0:
+        return
+    for t in tensors:
+        weight = t.param.data
+        mask = projection_mask(weight, kept_count(weight.numel(), density), t.unit_axis, min_per_unit)
+        weight.mul_(mask)
+
+
+def density_floor(tensors: list[SparseTensor], min_per_unit: int) -> float:
+    """The density the per-unit minimum alone imposes (e.g. 4/256 = 1/64 at width 256)."""
+    protected = sum(min(min_per_unit, t.param.shape[1 - t.unit_axis]) * t.param.shape[t.unit_axis]
+                    for t in tensors if t.unit_axis is not None)
+    return protected / sum(t.param.numel() for t in tensors)
+
+
+@torch.no_grad()
+def measured_density(tensors_or_weights) -> tuple[float, int, int]:
+    """(nonzero fraction, nonzeros, total) over the given tensors, read from the values themselves."""
+    nonzero = total = 0
+    for t in tensors_or_weights:
+        w = t.param if isinstance(t, SparseTensor) else t
+        nonzero += int(torch.count_nonzero(w))
+        total += w.numel()
+    return nonzero / total, nonzero, total
+
+
+def density_at(progress: float, target: float, anneal_fraction: float, shape: str) -> float:
+    """Density after a step at `progress` in [0, 1] of training: 1 at the start, `target` from
+    `anneal_fraction` on.
+
+    - linear: linear in density (the paper's schedule).
+    - log: linear in log-density (geometric), so each step removes the same fraction of what is
+      left; a linear schedule removes most of the remaining weights in its last stretch.
+    - cubic: density = target + (1 - target) * (1 - t)^3 (Zhu & Gupta 2017): prunes fast while the
+      model is redundant and slowly near the target.
+    """
+    if target >= 1.0:
+        return 1.0
+    t = 1.0 if anneal_fraction == 0 else min(1.0, progress / anneal_fraction)
+    if shape == "linear":
+        return 1.0 + (target - 1.0) * t
+    if shape == "log":
+        return math.exp(t * math.log(target))
+    if shape == "cubic":
+        return target + (1.0 - target) * (1.0 - t) ** 3
+    raise ValueError(f"unknown anneal shape {shape!r}")
+
+
+def base_lr_factor(progress: float, warmup_fraction: float) -> float:
+    """Linear warm-up then linear decay to 0."""
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return progress / warmup_fraction
+    return max(0.0, (1.0 - progress) / (1.0 - warmup_fraction))
+
+
+def sharkfin_factor(current_density: float, target_density: float) -> float:
+    """sqrt(target / current): small while still dense, 1 once the target is reached."""
+    return math.sqrt(target_density / current_density)
+
+
+@torch.no_grad()
+def rescale_gradients_to_unit_rms(parameters) -> float:
+    """Scale all gradients together so their global root-mean-square is 1; returns the old RMS."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    squares = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
+    count = sum(g.numel() for g in grads)
+    rms = float(torch.sqrt(squares / count))
+    if rms > 0 and math.isfinite(rms):
+        torch._foreach_mul_(grads, 1.0 / rms)
+    return rms

@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny random GPT-2 with the shipped tokenizer, a small corpus, recipe files.
+
+The Hub is unreachable on test machines, so the suite runs offline (set before HF imports).
+"""
+import json
+import lzma
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "extract" / "run.py"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """2 layers, width 32, 4 heads of 8: small enough for many optimizer steps per second."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from extract.paths import TOKENIZER_DIR
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """80 real Python files from the shipped snapshot, cut to 3000 characters each."""
+    from extract.paths import CORPUS_FILE
+
+    path = tmp_path_factory.mktemp("corpus") / "code.jsonl"
+    with lzma.open(CORPUS_FILE, "rt", encoding="utf-8") as source, open(path, "w") as sink:
+        for _, line in zip(range(80), source):
+            row = json.loads(line)
+            sink.write(json.dumps({"path": row["path"], "text": row["text"][:3000]}) + "\n")
+    return path
+
+
+def tiny_recipe_dict(model_dir: Path, corpus: Path, output_dir: Path) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"dataset": str(corpus), "key_column": "path", "heldout_fraction": 0.2,
+                 "block_size": 32, "heldout_blocks": 8},
+        "sparsity": {"target_density": 0.125, "min_per_unit": 2, "anneal_fraction": 0.5, "anneal_shape": "log"},
+        "loss": {"ce_weight": 1.0, "kl_weight": 1.0},
+        "optim": {"lr": 3.0e-3},
+        "train": {"steps": 12, "batch_size": 4, "eval_every": 6, "checkpoint_every": 4, "log_every": 2,
+                  "mixed_precision": "no", "compile": False},
+        "eval": {"quote_examples": 0},
+    }
+
+
+@pytest.fixture
+def write_recipe(tmp_path, tiny_model_dir, tiny_corpus):
+    """write_recipe(**sections) -> path of a recipe for the tiny model; sections are merged in."""
+
+    def write(name: str = "tiny.yaml", **sections) -> Path:
+        data = tiny_recipe_dict(tiny_model_dir, tiny_corpus, tmp_path / "out")
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                data.setdefault(key, {}).update(value)
+            else:
+                data[key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data))
+        return path
+
+    return write
+
+
+def run_cli(*args, env=None, check=True, timeout=600):
+    """Run the command line as a user would; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, str(RUN), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,82 @@
+"""Recipes: every shipped recipe validates; bad recipes stop before any work with a precise message."""
+import pytest
+import yaml
+
+from extract.recipe import RecipeError, available_recipes, load_recipe
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize("name", available_recipes())
+def test_shipped_recipes_validate(name):
+    recipe, path = load_recipe(name)
+    assert path.name == f"{name}.yaml"
+    assert recipe.name == name
+
+
+def test_default_recipe_is_offline_and_embedded():
+    recipe, _ = load_recipe("tiny-python")
+    assert recipe.model.name_or_path == "embedded" and recipe.data.dataset == "embedded"
+    assert recipe.env["HF_HUB_OFFLINE"] == "1" and recipe.env["HF_DATASETS_OFFLINE"] == "1"
+    assert recipe.sparsity.target_density <= 1 / 32
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("sparsity:\n  target_densty: 0.1\n", "sparsity.target_densty: unknown key"),
+        ("sparsity:\n  target_density: 1.5\n", "sparsity.target_density: must be in (0, 1], got 1.5"),
+        ("train:\n  steps: -3\n", "train.steps: must be a positive integer, got -3"),
+        ("train:\n  steps: many\n", "train.steps: expected an integer, got 'many'"),
+        ("train:\n  steps: 1.5\n", "train.steps: expected an integer"),
+        ("sparsity:\n  anneal_shape: cosine\n", "sparsity.anneal_shape: must be one of ['linear', 'log', 'cubic']"),
+        ("optim:\n  betas: [0.9]\n", "optim.betas: expected a list of 2 values"),
+        ("model: openai-community/gpt2\n", "model: expected a mapping of fields"),
+        ("colour: blue\n", "colour: unknown key"),
+        ("train: [1, 2\n", "not valid YAML"),
+        ("- a\n- b\n", "a recipe must be a mapping"),
+    ],
+)
+def test_bad_recipe_names_file_and_key(tmp_path, text, expected):
+    path = _write(tmp_path, text)
+    with pytest.raises(RecipeError) as error:
+        load_recipe(str(path))
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_overrides_by_dotted_path():
+    recipe, _ = load_recipe("tiny-python", ["train.steps=7", "output_dir=/tmp/elsewhere", "optim.betas=[0.8, 0.9]"])
+    assert recipe.train.steps == 7 and recipe.output_dir == "/tmp/elsewhere" and recipe.optim.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("override, expected", [("train.stepz=3", "train.stepz: unknown key"),
+                                                ("train.steps", "expected key=value"),
+                                                ("sparsity.target_density=2", "must be in (0, 1]")])
+def test_bad_override(override, expected):
+    with pytest.raises(RecipeError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_recipe("tiny-python", [override])
+
+
+def test_unknown_recipe_lists_available():
+    with pytest.raises(RecipeError, match="available: .*tiny-python"):
+        load_recipe("no-such-recipe")
+
+
+def test_cli_rejects_bad_recipe_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    path = _write(tmp_path, yaml.safe_dump({"output_dir": str(out), "sparsity": {"target_density": 0}}))
+    proc = run_cli("--recipe", path, check=False)
+    assert proc.returncode == 2
+    assert f"{path}: sparsity.target_density: must be in (0, 1], got 0" in proc.stderr
+    assert not out.exists()
+
+
+def test_cli_help_lists_recipes():
+    proc = run_cli("--help")
+    assert "tiny-python" in proc.stdout and "gpt2-small" in proc.stdout and "key=value" in proc.stdout

@@ -1,0 +1,172 @@
+"""End-to-end sparsification on a tiny real GPT-2, through the command line a user runs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from extract.models import sparse_tensors
+from extract.sparsity import measured_density
+from tests.conftest import ROOT, RUN, run_cli
+
+REPORT_FIELDS = {
+    "dense": {"model": str, "heldout_loss": float, "params": int},
+    "sparse": {"path": str, "heldout_loss": float, "kl_to_dense": float, "density": float,
+               "nonzero_params": int, "tokens": int, "wall_seconds": float},
+}
+
+
+def _weights(model_dir):
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
+    recipe = write_recipe(eval={"quote_examples": 40})
+    proc = run_cli("--recipe", recipe)
+    out = tmp_path / "out"
+    report = json.loads((out / "report.json").read_text())
+    for section, fields in REPORT_FIELDS.items():
+        for key, kind in fields.items():
+            assert isinstance(report[section][key], kind), (section, key, report[section].get(key))
+    assert report["recipe"] == str(recipe)
+    assert "sparse:" in proc.stdout and "density" in proc.stdout
+
+    # plain transformers, no project code, loads the model; every zero survives exactly
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    saved = _weights(out / "model")
+    for name, tensor in model.state_dict().items():
+        if name in saved:
+            assert torch.equal(tensor, saved[name]), name
+    density, nonzero, total = measured_density(sparse_tensors(model))
+    assert density == pytest.approx(report["sparse"]["density"])
+    # at most the target (ceil per tensor), and really sparse
+    assert density <= 0.125 * 1.02
+    assert report["sparse"]["tokens"] == 12 * 4 * 32
+    assert 0 < report["sparse"]["kl_to_dense"] < 10
+    assert len(list(out.glob("model/*.safetensors"))) == 1 and not list(out.glob("model/*.bin"))
+    assert (out / "recipe.yaml").is_file() and (out / "training.png").stat().st_size > 1000
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
+    assert log[-1]["density"] == pytest.approx(0.125)
+
+    # rerunning a finished run does no training and rewrites the same report
+    again = run_cli("--recipe", recipe)
+    assert "skipping training" in again.stdout
+    assert json.loads((out / "report.json").read_text())["sparse"]["density"] == report["sparse"]["density"]
+
+
+def test_resume_after_kill_matches_uninterrupted_run(write_recipe, tmp_path):
+    steps = {"steps": 60, "checkpoint_every": 4, "eval_every": 30}
+    reference = write_recipe("reference.yaml", output_dir=str(tmp_path / "reference"), train=steps)
+    run_cli("--recipe", reference, "--stage", "sparsify")
+
+    recipe = write_recipe("killed.yaml", output_dir=str(tmp_path / "killed"), train=steps)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    proc = subprocess.Popen([sys.executable, str(RUN), "--recipe", str(recipe), "--stage", "sparsify"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (ckpts.is_dir() and any(p.name == "step-8" for p in ckpts.iterdir())):
+        assert proc.poll() is None, "run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "model").exists()  # nothing that looks finished
+
+    resumed = run_cli("--recipe", recipe, "--stage", "sparsify")
+    assert "resuming from" in resumed.stdout
+    a, b = _weights(tmp_path / "reference" / "model"), _weights(tmp_path / "killed" / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    state = json.loads((tmp_path / "killed" / "model" / "trainer_state.json").read_text())
+    assert state["step"] == 60 and state["tokens"] == 60 * 4 * 32
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(write_recipe, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    import extract.train as train_module
+    from extract.recipe import load_recipe
+
+    real = train_module.token_losses
+    calls = {"n": 0}
+
+    def poisoned(model, batch, teacher=None):
+        ce, kl = real(model, batch, teacher)
+        calls["n"] += 1 if model.training else 0
+        return (ce * float("nan"), kl) if calls["n"] == 7 else (ce, kl)
+
+    monkeypatch.setattr(train_module, "token_losses", poisoned)
+    recipe, _ = load_recipe(str(write_recipe()))
+    try:
+        with pytest.raises(train_module.NonFiniteLossError, match=r"loss is nan at step 7.*step-4.*optim.lr"):
+            train_module.train(recipe, train_module.make_accelerator(recipe))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert (tmp_path / "out" / "checkpoints" / "step-4" / "trainer_state.json").is_file()
+    assert not (tmp_path / "out" / "model").exists()
+
+
+def test_two_process_gloo_run_gives_the_same_density(write_recipe, tmp_path):
+    one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"))
+    two = write_recipe("two.yaml", output_dir=str(tmp_path / "two"))
+    run_cli("--recipe", one)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533",
+         str(RUN), "--recipe", str(two)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((tmp_path / "two" / "model" / "trainer_state.json").read_text())
+    # two connected processes (not two unconnected single-process runs)
+    assert state["processes"] == 2 and state["distributed_type"] == "MULTI_CPU"
+    report_one = json.loads((tmp_path / "one" / "report.json").read_text())
+    report_two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report_two["sparse"]["density"] == pytest.approx(report_one["sparse"]["density"], rel=1e-3)
+    assert report_two["sparse"]["tokens"] == 2 * report_one["sparse"]["tokens"]
+
+
+def test_lora_adapter_is_merged_into_the_dense_input(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from extract.models import load_model
+    from extract.recipe import ModelConfig
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # a trained adapter: nonzero B changes the output
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    ids = torch.randint(0, 2048, (2, 16))
+    expected = peft_model.eval()(input_ids=ids).logits
+
+    merged = load_model(ModelConfig(name_or_path=str(adapter_dir)))
+    assert type(merged).__name__ == "GPT2LMHeadModel"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-3)
+
+
+def test_missing_model_is_named(write_recipe, tmp_path):
+    recipe = write_recipe(model={"name_or_path": str(tmp_path / "no-such-model")})
+    proc = run_cli("--recipe", recipe, check=False)
+    assert proc.returncode == 1
+    assert "model.name_or_path" in proc.stderr and "no-such-model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path):
+    run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4")
+    proc = run_cli("--recipe", write_recipe(), "train.steps=8", check=False)
+    assert proc.returncode == 1 and "differs in train.steps" in proc.stderr
