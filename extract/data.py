@@ -98,8 +98,16 @@ def pack_blocks(texts, tokenizer, block_size: int, text_column: str = "text"):
 
 
 def heldout_tensor(blocks, n_blocks: int) -> torch.Tensor:
-    """The first `n_blocks` held-out blocks as one LongTensor: every evaluation sees the same tokens."""
-    rows = [row["input_ids"] for _, row in zip(range(n_blocks), blocks)]
-    if not rows:
+    """`n_blocks` held-out blocks as one LongTensor, the same ones at every evaluation.
+
+    Blocks are spread evenly over the whole held-out split (sorted by source), so the estimate
+    covers many files rather than the first two or three; a stream gives its first blocks.
+    """
+    if isinstance(blocks, datasets.IterableDataset):
+        rows = [row["input_ids"] for _, row in zip(range(n_blocks), blocks)]
+    else:
+        take = min(n_blocks, len(blocks))
+        rows = blocks.select([i * len(blocks) // take for i in range(take)])["input_ids"] if take else []
+    if len(rows) == 0:
         raise ValueError("the held-out split produced no complete block; lower data.block_size or add text")
     return torch.tensor(rows, dtype=torch.long)

@@ -13,7 +13,8 @@ from extract.models import SparseTensor
 
 
 def kept_count(numel: int, density: float) -> int:
-    return min(numel, max(1, math.ceil(density * numel)))
+    # the small tolerance keeps float round-off (exp(log(1/8)) = 0.12500000000000003) from adding one
+    return min(numel, max(1, math.ceil(density * numel - 1e-6)))
 
 
 @torch.no_grad()
@@ -78,6 +79,8 @@ def density_at(progress: float, target: float, anneal_fraction: float, shape: st
     if target >= 1.0:
         return 1.0
     t = 1.0 if anneal_fraction == 0 else min(1.0, progress / anneal_fraction)
+    if t >= 1.0:
+        return target
     if shape == "linear":
         return 1.0 + (target - 1.0) * t
     if shape == "log":

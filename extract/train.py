@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -168,16 +168,8 @@ def _batches(dataloader, epoch: int, skip: int):
     """Endless batches, reshuffled each epoch, starting `skip` batches into `epoch` (for resume)."""
     while True:
         dataloader.set_epoch(epoch)
-        source = dataloader if skip == 0 else _skip(dataloader, skip)
-        for batch in source:
-            yield epoch, batch
+        yield from (dataloader if skip == 0 else skip_first_batches(dataloader, skip))
         epoch, skip = epoch + 1, 0
-
-
-def _skip(dataloader, skip: int):
-    from accelerate import skip_first_batches
-
-    return skip_first_batches(dataloader, skip)
 
 
 def _save_checkpoint(accelerator: Accelerator, ckpt_dir: Path, state: TrainState) -> None:
@@ -215,6 +207,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     if (final_dir / "config.json").is_file():
         accelerator.print(f"{final_dir} already holds the trained model; skipping training")
         return final_dir
+    session_start = time.time()  # wall time counts set-up (data, models, compilation) too
     ckpt_dir = out / CHECKPOINT_DIRNAME
     log_path = out / TRAIN_LOG
     set_seed(recipe.train.seed)
@@ -239,7 +232,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     model.train()
     optimizer = _optimizer(model, recipe)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    raw_model = accelerator.unwrap_model(model)
+    # the plain module: parameter names without DDP's or torch.compile's prefixes
+    raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     targets = sparse_tensors(raw_model, recipe.sparsity.embeddings) if recipe.sparsity.enabled else []
     s = recipe.sparsity
     if targets:
@@ -270,7 +264,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     tokens_per_step = t.batch_size * recipe.data.block_size * accum * world
     bar = tqdm(total=t.steps, initial=state.step, desc="sparsify" if targets else "train",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    session_start, window_start, window_tokens = time.time(), time.time(), 0
+    window_start, window_tokens = time.time(), 0
     params = [p for p in model.parameters() if p.requires_grad]
 
     while state.step < t.steps:
@@ -284,7 +278,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
 
         ce_sum = kl_sum = 0.0
         for micro in range(accum):
-            _, batch = next(batches)
+            batch = next(batches)
             sync = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 ce, kl = token_losses(model, batch, teacher)
@@ -292,7 +286,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
                 if not torch.isfinite(loss):
                     last = checkpoints.latest_checkpoint(ckpt_dir)
                     raise NonFiniteLossError(
-                        f"loss is {float(loss)} at step {state.step + 1} (ce={float(ce)}, kl={kl and float(kl)}); "
+                        f"loss is {loss.item()} at step {state.step + 1} (ce={ce.item()}, "
+                        f"kl={None if kl is None else kl.item()}); "
                         f"nothing was saved from this step. Last complete checkpoint: {last or 'none'}. "
                         f"Try a lower optim.lr (now {recipe.optim.lr}).")
                 accelerator.backward(loss / accum)
@@ -340,7 +335,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         with checkpoints.atomic_directory(final_dir) as scratch:
-            accelerator.unwrap_model(model).save_pretrained(scratch, safe_serialization=True)
+            raw_model.save_pretrained(scratch, safe_serialization=True)
             tokenizer.save_pretrained(scratch)
             (scratch / RECIPE_FILE).write_text(recipe_yaml(recipe))  # the model folder travels alone
             state.save(scratch / "trainer_state.json")

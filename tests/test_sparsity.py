@@ -103,6 +103,8 @@ def test_density_schedule_shapes():
     assert density_at(0.25, target, 0.5, "cubic") == pytest.approx(target + (1 - target) / 8)
     assert density_at(0.0, target, 0.0, "log") == pytest.approx(target)  # no anneal: straight to target
     assert density_at(0.3, 1.0, 0.5, "log") == 1.0
+    assert density_at(0.9, 1 / 8, 0.5, "log") == 1 / 8  # exactly, so top-k keeps exactly numel/8
+    assert kept_count(65536, math.exp(math.log(1 / 8))) == 8192
 
 
 def test_learning_rate_schedule_and_sharkfin():

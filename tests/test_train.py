@@ -1,5 +1,6 @@
 """End-to-end sparsification on a tiny real GPT-2, through the command line a user runs."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -170,3 +171,56 @@ def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path)
     run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4")
     proc = run_cli("--recipe", write_recipe(), "train.steps=8", check=False)
     assert proc.returncode == 1 and "differs in train.steps" in proc.stderr
+
+
+def test_gpt2_small_recipe_runs_on_local_stand_ins(gpt2_tokenizer_dir, tiny_corpus, tmp_path):
+    """The gpt2-small recipe's own settings (real GPT-2 vocabulary, streaming, `content` column,
+    gradient accumulation) with a tiny model and a local file in place of the Hub ones."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
+    assert len(tokenizer) == 50257
+    model_dir = tmp_path / "gpt2-tiny"
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=4, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0)
+    GPT2LMHeadModel(config).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    corpus = tmp_path / "code.jsonl"
+    corpus.write_text("".join(json.dumps({"path": row["path"], "content": row["text"]}) + "\n"
+                              for row in map(json.loads, tiny_corpus.read_text().splitlines())))
+    out = tmp_path / "out"
+    run_cli("--recipe", "gpt2-small", f"model.name_or_path={model_dir}", f"data.dataset={corpus}",
+            "data.heldout_fraction=0.2", "data.block_size=32", "data.heldout_blocks=4", "train.steps=6",
+            "train.batch_size=2", "train.eval_every=3", "train.checkpoint_every=3", "train.compile=false",
+            "eval.quote_examples=0", f"output_dir={out}")
+    report = json.loads((out / "report.json").read_text())
+    assert report["sparse"]["tokens"] == 6 * 2 * 2 * 32  # steps x batch x accumulation x block
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["density"] == pytest.approx(1 / 64)
+    # embeddings reach 1/64; width-32 matrices stop at the per-unit floor of 4/32
+    weights = _weights(out / "model")
+    wte = weights["transformer.wte.weight"]
+    assert int(torch.count_nonzero(wte)) <= math.ceil(wte.numel() / 64)
+    assert report["sparse"]["density"] < 0.13
+
+
+def test_compiled_training_reaches_the_target_density(write_recipe, tmp_path):
+    """torch.compile wraps the model; the projection must still find and sparsify every tensor."""
+    recipe = write_recipe(train={"steps": 3, "compile": True, "eval_every": 3, "checkpoint_every": 10},
+                          sparsity={"anneal_fraction": 0.0})
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    weights = _weights(tmp_path / "out" / "model")
+    assert not any(name.startswith("_orig_mod") for name in weights)
+    wte = weights["transformer.wte.weight"]
+    assert int(torch.count_nonzero(wte)) <= math.ceil(wte.numel() * 0.125)
+
+
+def test_heldout_blocks_are_spread_over_the_split():
+    import datasets
+
+    from extract.data import heldout_tensor
+
+    blocks = datasets.Dataset.from_dict({"input_ids": [[i, i] for i in range(100)]})
+    picked = heldout_tensor(blocks, 4)[:, 0].tolist()
+    assert picked == [0, 25, 50, 75]
+    assert heldout_tensor(blocks, 500).shape == (100, 2)  # never more than there is
