@@ -1,0 +1,48 @@
+"""Circuit edges counted from the actual weights (METHOD.md section 3).
+
+An edge is a nonzero weight whose two end nodes are both kept: residual read -> MLP neuron
+(`c_fc`), neuron -> MLP write (`c_proj`), attention read -> q/k/v (`c_attn`), v -> attention write
+(attention `c_proj`). The same rule scores a dense model, where every kept pair across a matrix is
+an edge.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class EdgeMatrix:
+    weight: str  # parameter path; stored (in, out) as GPT-2's Conv1D does
+    inputs: tuple[str, ...]  # site keys covering the rows, in order
+    outputs: tuple[str, ...]  # site keys covering the columns, in order
+
+
+def gpt2_edge_matrices(model) -> list[EdgeMatrix]:
+    matrices = []
+    for layer in range(model.config.n_layer):
+        block, key = f"transformer.h.{layer}", f"{layer}."
+        matrices += [
+            EdgeMatrix(f"{block}.attn.c_attn.weight", (key + "attn_in",), (key + "q", key + "k", key + "v")),
+            EdgeMatrix(f"{block}.attn.c_proj.weight", (key + "v",), (key + "attn_out",)),
+            EdgeMatrix(f"{block}.mlp.c_fc.weight", (key + "mlp_in",), (key + "mlp",)),
+            EdgeMatrix(f"{block}.mlp.c_proj.weight", (key + "mlp",), (key + "mlp_out",)),
+        ]
+    return matrices
+
+
+EDGE_MAPS = {"gpt2": gpt2_edge_matrices}
+
+
+@torch.no_grad()
+def count_edges(model, kept: dict[str, torch.Tensor]) -> int:
+    """Edges among the kept nodes; `kept` maps site keys to boolean vectors."""
+    params = dict(model.named_parameters())
+    total = 0
+    for matrix in EDGE_MAPS[model.config.model_type](model):
+        rows = torch.cat([kept[k] for k in matrix.inputs]).float()
+        cols = torch.cat([kept[k] for k in matrix.outputs]).float()
+        nonzero = (params[matrix.weight] != 0).float()
+        total += int(rows @ nonzero @ cols)
+    return total
