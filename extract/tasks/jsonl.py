@@ -1,0 +1,73 @@
+"""User tasks from a JSONL file: one {"prompt", "target", "alternative"} object per line.
+
+Target and alternative are compared by their first token under the model's tokenizer. Every
+error names the file and line. A task file must be balanced: each (target, alternative) token pair
+appears as often as its swap, as in the paper's paired tasks, so a circuit cannot score by always
+answering one token.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from extract.tasks.examples import TaskExample
+
+FIELDS = ("prompt", "target", "alternative")
+MIN_EXAMPLES = 20
+
+
+class TaskFileError(ValueError):
+    """A task file that cannot be used, with the file and line."""
+
+
+def _first_token(tokenizer, text: str, where: str, field: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TaskFileError(f"{where}: {field} {text!r} is empty after tokenisation")
+    return ids[0]
+
+
+def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: int = MIN_EXAMPLES):
+    """Read and validate a task file; returns a list of TaskExample in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskFileError(f"{path}: task file not found")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        where = f"{path}:{number}"
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskFileError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise TaskFileError(f"{where}: expected a JSON object with {', '.join(FIELDS)}")
+        missing = [f for f in FIELDS if not isinstance(row.get(f), str)]
+        if missing:
+            raise TaskFileError(f"{where}: missing or non-string field(s): {', '.join(missing)}")
+        unknown = sorted(set(row) - set(FIELDS))
+        if unknown:
+            raise TaskFileError(f"{where}: unknown field(s): {', '.join(unknown)} (expected {', '.join(FIELDS)})")
+        target = _first_token(tokenizer, row["target"], where, "target")
+        alternative = _first_token(tokenizer, row["alternative"], where, "alternative")
+        if target == alternative:
+            raise TaskFileError(f"{where}: target {row['target']!r} and alternative {row['alternative']!r} share "
+                                f"their first token {tokenizer.convert_ids_to_tokens(target)!r}")
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        if not prompt:
+            raise TaskFileError(f"{where}: empty prompt")
+        if len(prompt) > max_context:
+            raise TaskFileError(f"{where}: prompt is {len(prompt)} tokens, longer than the model's context "
+                                f"of {max_context}")
+        examples.append(TaskExample(tuple(prompt), target, alternative))
+    if len(examples) < min_examples:
+        raise TaskFileError(f"{path}: {len(examples)} examples; at least {min_examples} are needed to hold some out")
+    pairs = Counter((e.target_id, e.alternative_id) for e in examples)
+    for (a, b), count in pairs.items():
+        if pairs.get((b, a), 0) != count:
+            names = tokenizer.convert_ids_to_tokens([a, b])
+            raise TaskFileError(f"{path}: unbalanced: {count} examples answer {names[0]!r} over {names[1]!r} but "
+                                f"{pairs.get((b, a), 0)} answer {names[1]!r} over {names[0]!r}")
+    return examples
