@@ -66,3 +66,31 @@ def test_two_way_loss_and_accuracy():
     right = -math.log(1 / (1 + math.exp(-3.0)))
     assert scores["accuracy"] == 0.5
     assert scores["loss"] == pytest.approx((wrong + right) / 2)
+
+
+@pytest.mark.parametrize("name", sorted(__import__("extract.tasks.builtin", fromlist=["TASKS"]).TASKS))
+def test_builtin_task_is_balanced_deterministic_and_split_by_source(tokenizer, name):
+    from extract.tasks.builtin import builtin_task
+
+    train = builtin_task(name, tokenizer, "train", 200)
+    assert len(train) == 400
+    for first, second in zip(train[::2], train[1::2]):  # each pair swaps its answers
+        assert (first.target_id, first.alternative_id) == (second.alternative_id, second.target_id)
+    assert train == builtin_task(name, tokenizer, "train", 200)
+    heldout = builtin_task(name, tokenizer, "heldout", 200)
+    assert not {e.prompt_ids for e in train} & {e.prompt_ids for e in heldout}
+    assert len({e.prompt_ids for e in train}) > 300  # varied, not one template repeated
+
+
+def test_identifier_pools_are_disjoint():
+    from extract.tasks.builtin import _pool
+
+    train, heldout = set(_pool("train")), set(_pool("heldout"))
+    assert train and heldout and not train & heldout
+
+
+def test_unknown_builtin_task(tokenizer):
+    from extract.tasks.builtin import builtin_task
+
+    with pytest.raises(KeyError, match="built-in tasks: single_double_quote"):
+        builtin_task("no_such_task", tokenizer, "train", 10)
