@@ -117,3 +117,72 @@ def test_edge_count_on_a_hand_built_model():
     dense = GPT2LMHeadModel(config)
     all_kept = {k: torch.ones_like(v) for k, v in kept.items()}
     assert count_edges(dense, all_kept) == 4 * 12 + 4 * 4 + 4 * 8 + 8 * 4
+
+
+def test_bisection_finds_the_smallest_k_in_few_evaluations():
+    from extract.circuits.prune import smallest_k
+
+    calls = []
+
+    def loss_at(k):
+        calls.append(k)
+        return 1.0 / k
+
+    assert smallest_k(loss_at, 1, 1000, 0.1) == 10
+    assert len(calls) <= 12
+    assert smallest_k(lambda k: 1.0, 1, 50, 0.1) is None  # unreachable target
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model):
+    from extract.tasks.examples import TaskExample, last_position_logits
+
+    torch.manual_seed(3)
+    examples = [TaskExample(tuple(torch.randint(1, 50, (n,)).tolist()), 1, 2) for n in (3, 9, 5)]
+    alone = torch.stack([model(input_ids=torch.tensor([e.prompt_ids])).logits[0, -1] for e in examples])
+    torch.testing.assert_close(last_position_logits(model, examples), alone, rtol=1e-5, atol=1e-6)
+
+
+def _copy_task_model():
+    """A 1-layer GPT-2 trained in the test to answer the first token (2 or 3) of its prompt."""
+    from extract.tasks.examples import TaskExample
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=12, n_layer=1, n_embd=16, n_head=2, n_positions=8, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    examples = []
+    for _ in range(64):
+        filler = tuple(torch.randint(4, 12, (4,)).tolist())
+        examples += [TaskExample((2, *filler), 2, 3), TaskExample((3, *filler), 3, 2)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = torch.tensor([e.prompt_ids for e in examples])
+    targets = torch.tensor([e.target_id for e in examples])
+    for _ in range(150):
+        loss = F.cross_entropy(model(input_ids=ids).logits[:, -1], targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), examples
+
+
+def test_end_to_end_prune_finds_a_small_sufficient_circuit():
+    from extract.circuits.prune import PruneConfig, discretise, scores_with_gates, train_mask
+    from extract.tasks.examples import two_way_scores
+
+    model, examples = _copy_task_model()
+    train, heldout = examples[:96], examples[96:]
+    assert two_way_scores(model, heldout)["loss"] < 0.05  # the full model does the task
+    sites = node_sites(model)
+    mean_blocks = torch.randint(2, 12, (32, 5))
+    mask = NodeMask(sites, site_means(model, sites, mean_blocks))
+    train_mask(model, mask, train, PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3))
+    found = discretise(model, mask, heldout, target=0.15)
+    assert found is not None
+    gates, scores = found
+    kept = int(sum(g.sum() for g in gates.values()))
+    assert scores["loss"] <= 0.15
+    assert 0 < kept < count_nodes(sites) // 4  # a small part of the model does the task
+    # the circuit is sufficient on its own, and nothing outside it was needed
+    assert scores_with_gates(model, mask, gates, heldout)["loss"] == pytest.approx(scores["loss"])
+    removed = {k: 1 - g for k, g in gates.items()}
+    assert scores_with_gates(model, mask, removed, heldout)["loss"] > 0.15  # and it is necessary

@@ -2,7 +2,6 @@
 the two-way cross-entropy at the last position (METHOD.md section 3)."""
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -16,25 +15,39 @@ class TaskExample:
     alternative_id: int
 
 
+def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) -> torch.Tensor:
+    """Logits at each prompt's last token. Prompts are left-padded, with an attention mask and
+    position ids that start at 0 on the first real token, so absolute positions are unchanged."""
+    device = next(model.parameters()).device
+    width = max(len(e.prompt_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        ids[row, width - len(example.prompt_ids):] = torch.tensor(example.prompt_ids)
+        attention[row, width - len(example.prompt_ids):] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    output = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device))
+    return output.logits[:, -1].float()
+
+
+def two_way_loss(model, examples: list[TaskExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-example loss, per-example correct) of the two-way choice; differentiable."""
+    last = last_position_logits(model, examples)
+    rows = torch.arange(len(examples), device=last.device)
+    target = torch.tensor([e.target_id for e in examples], device=last.device)
+    alternative = torch.tensor([e.alternative_id for e in examples], device=last.device)
+    logp = F.log_softmax(torch.stack([last[rows, target], last[rows, alternative]], dim=1), dim=1)
+    return -logp[:, 0], logp[:, 0] > logp[:, 1]
+
+
 @torch.no_grad()
 def two_way_scores(model, examples: list[TaskExample], batch_size: int = 64) -> dict[str, float]:
-    """Mean two-way loss and accuracy. Prompts are batched by length, so no padding is needed
-    and absolute position embeddings stay exact."""
+    """Mean two-way loss and accuracy over `examples`."""
     if not examples:
         raise ValueError("no task examples to score")
-    device = next(model.parameters()).device
-    by_length = defaultdict(list)
-    for example in examples:
-        by_length[len(example.prompt_ids)].append(example)
     total_loss = correct = 0.0
-    for group in by_length.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start : start + batch_size]
-            ids = torch.tensor([e.prompt_ids for e in chunk], device=device)
-            last = model(input_ids=ids).logits[:, -1].float()
-            pair = torch.stack([last[torch.arange(len(chunk)), [e.target_id for e in chunk]],
-                                last[torch.arange(len(chunk)), [e.alternative_id for e in chunk]]], dim=1)
-            logp = F.log_softmax(pair, dim=1)
-            total_loss += float(-logp[:, 0].sum())
-            correct += float((logp[:, 0] > logp[:, 1]).sum())
+    for start in range(0, len(examples), batch_size):
+        loss, right = two_way_loss(model, examples[start : start + batch_size])
+        total_loss += float(loss.sum())
+        correct += float(right.sum())
     return {"loss": total_loss / len(examples), "accuracy": correct / len(examples)}

@@ -1,0 +1,105 @@
+"""Learn a node mask for a task, then bisect for the smallest circuit that reaches the target loss.
+
+Objective (METHOD.md section 3): two-way task loss + k_coef * (kept nodes), with Heaviside gates
+and a sigmoid straight-through gradient, AdamW, tau clamped to [-1, 1] after every step. The
+discrete circuit is the top-k nodes by tau, with k bisected on held-out examples inside the set the
+trained mask kept (outside it the tau ranking means nothing).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from extract.circuits.masks import NodeMask
+from extract.tasks.examples import TaskExample, two_way_loss, two_way_scores
+
+
+@dataclass
+class PruneConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    k_coef: float = 1e-3
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    target_loss: float = 0.15
+    seed: int = 0
+
+
+def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneConfig, on_step=None) -> NodeMask:
+    """Optimise the mask's taus with the model frozen and in eval mode (GPT-2 configs carry dropout)."""
+    model.eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(mask.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed)
+    handles = mask.attach(model)
+    try:
+        for step in range(cfg.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * (1 - step / cfg.steps)  # linear decay
+            batch = rng.sample(examples, min(cfg.batch_size, len(examples)))
+            task_loss = two_way_loss(model, batch)[0].mean()
+            kept = mask.kept()
+            loss = task_loss + cfg.k_coef * kept
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mask.clamp_()
+            if on_step is not None:
+                on_step(step, float(task_loss), float(kept))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return mask
+
+
+def top_k_gates(mask: NodeMask, k: int, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
+    """0/1 gates keeping the k highest-tau nodes among `candidates` (flat indices over all sites)."""
+    taus = torch.cat([mask.tau(s).detach() for s in mask.sites])
+    chosen = candidates[taus[candidates].argsort(descending=True)[:k]]
+    flat = torch.zeros_like(taus)
+    flat[chosen] = 1.0
+    return {s.key: piece for s, piece in zip(mask.sites, flat.split([s.width for s in mask.sites]))}
+
+
+def scores_with_gates(model, mask: NodeMask, gates: dict[str, torch.Tensor], examples) -> dict[str, float]:
+    mask.override = gates
+    handles = mask.attach(model)
+    try:
+        return two_way_scores(model, examples)
+    finally:
+        for handle in handles:
+            handle.remove()
+        mask.override = None
+
+
+def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
+    """Smallest k in [low, high] with loss_at(k) <= target, by bisection (loss assumed to fall as k
+    grows); None when even k = high misses the target."""
+    if high < low or loss_at(high) > target:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if loss_at(middle) <= target:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+def discretise(model, mask: NodeMask, heldout: list[TaskExample], target: float):
+    """(gates of the smallest top-k circuit reaching `target` on `heldout`, its scores) or None."""
+    taus = torch.cat([mask.tau(s).detach() for s in mask.sites])
+    candidates = torch.nonzero(taus > 0).flatten()
+    cache: dict[int, dict[str, float]] = {}
+
+    def loss_at(k: int) -> float:
+        if k not in cache:
+            cache[k] = scores_with_gates(model, mask, top_k_gates(mask, k, candidates), heldout)
+        return cache[k]["loss"]
+
+    k = smallest_k(loss_at, 1, len(candidates), target)
+    if k is None:
+        return None
+    return top_k_gates(mask, k, candidates), cache[k]
