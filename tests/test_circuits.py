@@ -186,3 +186,11 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     assert scores_with_gates(model, mask, gates, heldout)["loss"] == pytest.approx(scores["loss"])
     removed = {k: 1 - g for k, g in gates.items()}
     assert scores_with_gates(model, mask, removed, heldout)["loss"] > 0.15  # and it is necessary
+
+    from extract.circuits.checks import check_circuit, random_gates_like
+
+    report = check_circuit(model, mask, gates, heldout, target=0.15)
+    assert report["nodes"] == kept and report["sufficient"] and report["necessary"]
+    assert report["random_loss"] > 0.15 and report["edges"] > 0
+    shuffled = random_gates_like(gates, seed=1)
+    assert all(int(shuffled[k].sum()) == int(g.sum()) for k, g in gates.items())  # same count per site

@@ -1,0 +1,44 @@
+"""Checks on a discrete circuit, with the same code for dense and sparse models (METHOD.md section 4).
+
+- sufficient: with everything outside the circuit mean-ablated, held-out loss <= the target
+- necessary: with only the circuit mean-ablated, held-out loss >= half of ln 2
+- control: a random circuit with the same number of nodes at every site should not be sufficient
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from extract.circuits.edges import count_edges
+from extract.circuits.masks import NodeMask
+from extract.circuits.prune import scores_with_gates
+
+NECESSARY_LOSS = math.log(2) / 2
+
+
+def random_gates_like(gates: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Gates keeping as many nodes at every site as `gates` does, at random positions."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, gate in gates.items():
+        picked = torch.randperm(gate.numel(), generator=generator)[: int(gate.sum())]
+        out[key] = torch.zeros_like(gate).index_fill_(0, picked, 1.0)
+    return out
+
+
+def check_circuit(model, mask: NodeMask, gates: dict[str, torch.Tensor], heldout, target: float) -> dict:
+    kept = {key: gate.bool() for key, gate in gates.items()}
+    alone = scores_with_gates(model, mask, gates, heldout)
+    removed = scores_with_gates(model, mask, {k: 1 - g for k, g in gates.items()}, heldout)
+    random = scores_with_gates(model, mask, random_gates_like(gates), heldout)
+    return {
+        "nodes": int(sum(g.sum() for g in gates.values())),
+        "edges": count_edges(model, kept),
+        "loss": alone["loss"],
+        "accuracy": alone["accuracy"],
+        "ablated_loss": removed["loss"],
+        "random_loss": random["loss"],
+        "sufficient": alone["loss"] <= target,
+        "necessary": removed["loss"] >= NECESSARY_LOSS,
+    }
