@@ -55,3 +55,30 @@ def summary_lines(report: dict) -> list[str]:
             parts.append(f"{section['tokens']:,} tokens in {section['wall_seconds'] / 60:.1f} min")
         lines.append(f"{role:>8}: " + "; ".join(parts))
     return lines
+
+
+def _is_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def model_card(report: dict, recipe: Recipe) -> str:
+    """README.md for the saved model folder, so a pushed folder explains itself on the Hub."""
+    sparse = report.get("sparse") or report.get("trained")
+    dense = report.get("dense")
+    header = ["---", "library_name: transformers", "tags:", "- weight-sparse", "- interpretability"]
+    if dense and _is_hub_id(dense["model"]):
+        header.append(f"base_model: {dense['model']}")
+    lines = header + ["---", "", f"# {recipe.name}", ""]
+    if dense:
+        lines += [f"A weight-sparse fine-tune of `{dense['model']}`, made by the `extract` tool with the recipe in",
+                  "`recipe.yaml`.", ""]
+    lines += ["| | held-out loss | density | closing-quote accuracy |", "| --- | --- | --- | --- |"]
+    for role, section in (("dense", dense), ("this model", sparse)):
+        if section:
+            density = f"{section['density']:.5f}" if "density" in section else "1 (dense)"
+            accuracy = f"{section['quote_accuracy']:.3f}" if "quote_accuracy" in section else "-"
+            lines.append(f"| {role} | {section['heldout_loss']:.4f} | {density} | {accuracy} |")
+    lines += ["", "Density is the nonzero fraction of the sparsified tensors (attention and MLP matrices, token and",
+              "position embeddings), measured on these weights. The model loads with plain",
+              "`AutoModelForCausalLM.from_pretrained`, and the zeros are stored as zeros.", ""]
+    return "\n".join(lines)

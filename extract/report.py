@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from extract import checkpoints
 from extract.models import count_params, load_model, load_tokenizer, sparse_tensors
+from extract.outputs import model_card
 from extract.recipe import ModelConfig, Recipe
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
@@ -71,6 +72,7 @@ def write_report(recipe: Recipe, recipe_file: str) -> dict:
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
     checkpoints.write_json_atomic(out / "report.json", report)
+    checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe))
     plot_training(out / TRAIN_LOG, out / "training.png")
     return report
 

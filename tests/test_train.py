@@ -52,6 +52,10 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     assert 0 < report["sparse"]["kl_to_dense"] < 10
     assert len(list(out.glob("model/*.safetensors"))) == 1 and not list(out.glob("model/*.bin"))
     assert (out / "recipe.yaml").is_file() and (out / "training.png").stat().st_size > 1000
+    card = (out / "model" / "README.md").read_text()
+    assert "library_name: transformers" in card and f"{report['sparse']['density']:.5f}" in card
+    assert "base_model" not in card  # a local directory is not a Hub id
+    assert (out / "model" / "recipe.yaml").is_file()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
     assert log[-1]["density"] == pytest.approx(0.125)
