@@ -44,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _display_path(path: Path) -> str:
+    """recipes/NAME.yaml for shipped recipes (the same on every machine), else the path given."""
+    from extract.paths import RECIPES_DIR
+
+    resolved = path.resolve()
+    return f"recipes/{resolved.name}" if resolved.parent == RECIPES_DIR.resolve() else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in ("sparsify", "all"):
             train(recipe, accelerator)
         if args.stage in ("report", "all") and accelerator.is_main_process:
-            report = write_report(recipe, str(recipe_path))
+            report = write_report(recipe, _display_path(recipe_path))
             from extract.outputs import summary_lines
 
             print("\n".join(summary_lines(report)))

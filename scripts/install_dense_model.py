@@ -14,8 +14,8 @@ from pathlib import Path
 from extract.paths import DENSE_MODEL_DIR
 
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-               "tokenizer_config.json", "recipe.yaml", "trainer_state.json")
-RUN_FILES = ("train_log.jsonl", "report.json", "training.png")
+               "tokenizer_config.json", "trainer_state.json", "README.md")
+RUN_FILES = ("recipe.yaml", "train_log.jsonl", "report.json", "training.png")
 
 
 def main() -> None:

@@ -46,6 +46,13 @@ def test_quote_examples_ignore_comments_and_docstrings(tokenizer):
     assert closing_quote_examples([source], tokenizer, n_examples=10, prompt_tokens=4) == []
 
 
+def test_quote_examples_skip_nested_quotes_and_far_openings(tokenizer):
+    nested = 'x = "it is \'fine\' here"\ny = \'say "hi" now\'\n' * 20
+    assert closing_quote_examples([nested], tokenizer, n_examples=10, prompt_tokens=8) == []
+    long_literal = "x = 'a b c d e f g h i j k l m n o p q r s t u v w'\n" * 10
+    assert closing_quote_examples([long_literal * 2], tokenizer, n_examples=10, prompt_tokens=8) == []
+
+
 class FixedLogits(torch.nn.Module):
     """A stand-in model whose last-position logits are given."""
 

@@ -1,9 +1,12 @@
 """Closing-quote examples mined from real code: predict `'` or `"` to close a string literal.
 
 Literals are found with Python's own `tokenize`, so comments and docstrings never pose as strings.
-Only literals whose closing quote the tokenizer emits as a token of its own are kept, so the
-two-way comparison asks about exactly the token the model saw in training. The set is balanced
-(as many `'` as `"` answers) and every prompt is exactly `prompt_tokens` long.
+The task is the paper's: close a string with the quote that opened it. So a literal is kept only if
+- its text holds no quote character (with `'` inside `"..."` the question becomes one of nesting),
+- its opening quote lies inside the prompt (otherwise the answer cannot be known), and
+- the tokenizer emits its closing quote as a token of its own, so the two-way comparison asks about
+  exactly the token the model saw in training.
+The set is balanced (as many `'` as `"` answers) and every prompt is exactly `prompt_tokens` long.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ QUOTES = ("'", '"')
 
 
 def _closing_quote_offsets(source: str):
-    """Character offsets of the closing quote of each simple one-line string literal whose last
-    character is alphanumeric (so the quote does not merge with the text before it)."""
+    """(opening offset, closing offset, quote) of each one-line string literal whose text holds no
+    quote character and ends in an alphanumeric (so the quote does not merge with the text before it)."""
     line_starts = [0]
     for line in source.splitlines(keepends=True):
         line_starts.append(line_starts[-1] + len(line))
@@ -30,7 +33,11 @@ def _closing_quote_offsets(source: str):
             quote = text[-1]
             if quote not in QUOTES or text.endswith(quote * 3) or not text[-2].isalnum():
                 continue
-            yield line_starts[tok.end[0] - 1] + tok.end[1] - 1, quote
+            opening = text.index(quote)  # after any prefix such as f, r or b
+            if "'" in text[opening + 1 : -1] or '"' in text[opening + 1 : -1]:
+                continue
+            line_start = line_starts[tok.start[0] - 1]
+            yield line_start + tok.start[1] + opening, line_start + tok.end[1] - 1, quote
     except (tokenize.TokenError, IndentationError, SyntaxError):
         return
 
@@ -43,12 +50,15 @@ def closing_quote_examples(texts, tokenizer, n_examples: int, prompt_tokens: int
     rng = random.Random(seed)
     for source in texts:
         in_file = {q: [] for q in QUOTES}
-        for offset, quote in _closing_quote_offsets(source):
+        for opening, offset, quote in _closing_quote_offsets(source):
             window_start = max(0, offset - 8 * prompt_tokens)  # enough characters for the prompt
             ids = tokenizer(source[window_start : offset + 8], add_special_tokens=False)["input_ids"]
             prefix = tokenizer(source[window_start:offset], add_special_tokens=False)["input_ids"]
             # keep only literals whose closing quote is its own token in the natural tokenization
             if len(prefix) < prompt_tokens or ids[: len(prefix) + 1] != prefix + [quote_ids[quote]]:
+                continue
+            literal = tokenizer(source[opening:offset], add_special_tokens=False)["input_ids"]
+            if len(literal) >= prompt_tokens:  # the opening quote would fall outside the prompt
                 continue
             other = QUOTES[1 - QUOTES.index(quote)]
             in_file[quote].append(TaskExample(tuple(prefix[-prompt_tokens:]), quote_ids[quote], quote_ids[other]))
