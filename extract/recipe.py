@@ -162,6 +162,11 @@ def _coerce(value, tp, where: str):
         key_type, value_type = typing.get_args(tp)
         return {_coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string: YAML 1.1's float syntax
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"{where}: expected a number, got {value!r}")
         return float(value)
