@@ -42,7 +42,8 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_layer=4, n_embd=256, n_head=16, n_positions=256))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_layer=4, n_embd=256, n_head=16, n_positions=256,
+                                       bos_token_id=0, eos_token_id=0))
     tensors = sparse_tensors(model)
     results = {}
     for threads in (1, 2):
