@@ -1,4 +1,4 @@
-"""report.json, report.md and plots, computed from the saved artifacts only.
+"""report.json, the model card and the training plot, computed from the saved artifacts only.
 
 Every number is recomputed from weights on disk (the dense source and the saved sparse model),
 in float32, so anyone can rerun `--stage report` and get the same report.
@@ -6,7 +6,6 @@ in float32, so anyone can rerun `--stage report` and get the same report.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -20,8 +19,6 @@ from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
 from extract.train import MODEL_DIRNAME, TRAIN_LOG, heldout_metrics, prepare_heldout
-
-log = logging.getLogger(__name__)
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:

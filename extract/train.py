@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import os
 import shutil
 import time
@@ -38,8 +37,6 @@ from extract.sparsity import (
     rescale_gradients_to_unit_rms,
     sharkfin_factor,
 )
-
-log = logging.getLogger(__name__)
 
 MODEL_DIRNAME = "model"
 CHECKPOINT_DIRNAME = "checkpoints"
