@@ -24,12 +24,8 @@ def blocks():
 
 
 def _with_mask(model, mask, ids):
-    handles = mask.attach(model)
-    try:
+    with mask.applied(model):
         return model(input_ids=ids).logits
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def test_node_count_per_layer(model):

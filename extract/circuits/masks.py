@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from extract.circuits.sites import Site, attach
+from extract.circuits.sites import Site, hooked
 
 
 class _HeavisideSTE(torch.autograd.Function):
@@ -68,5 +68,10 @@ class NodeMask(torch.nn.Module):
         for tau in self.taus.values():
             tau.clamp_(-1.0, 1.0)
 
-    def attach(self, model) -> list:
-        return attach(model, self.sites, self.edit)
+    def flat_taus(self) -> torch.Tensor:
+        """All taus in site order, detached: the ranking used to discretise the mask."""
+        return torch.cat([self.tau(s).detach() for s in self.sites])
+
+    def applied(self, model):
+        """Context manager: the model runs with this mask inside the block."""
+        return hooked(model, self.sites, self.edit)

@@ -33,8 +33,7 @@ def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneCon
     model.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(mask.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rng = random.Random(cfg.seed)
-    handles = mask.attach(model)
-    try:
+    with mask.applied(model):
         for step in range(cfg.steps):
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * (1 - step / cfg.steps)  # linear decay
@@ -48,15 +47,12 @@ def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneCon
             mask.clamp_()
             if on_step is not None:
                 on_step(step, float(task_loss), float(kept))
-    finally:
-        for handle in handles:
-            handle.remove()
     return mask
 
 
 def top_k_gates(mask: NodeMask, k: int, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
     """0/1 gates keeping the k highest-tau nodes among `candidates` (flat indices over all sites)."""
-    taus = torch.cat([mask.tau(s).detach() for s in mask.sites])
+    taus = mask.flat_taus()
     chosen = candidates[taus[candidates].argsort(descending=True)[:k]]
     flat = torch.zeros_like(taus)
     flat[chosen] = 1.0
@@ -65,12 +61,10 @@ def top_k_gates(mask: NodeMask, k: int, candidates: torch.Tensor) -> dict[str, t
 
 def scores_with_gates(model, mask: NodeMask, gates: dict[str, torch.Tensor], examples) -> dict[str, float]:
     mask.override = gates
-    handles = mask.attach(model)
     try:
-        return two_way_scores(model, examples)
+        with mask.applied(model):
+            return two_way_scores(model, examples)
     finally:
-        for handle in handles:
-            handle.remove()
         mask.override = None
 
 
@@ -90,7 +84,7 @@ def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
 
 def discretise(model, mask: NodeMask, heldout: list[TaskExample], target: float):
     """(gates of the smallest top-k circuit reaching `target` on `heldout`, its scores) or None."""
-    taus = torch.cat([mask.tau(s).detach() for s in mask.sites])
+    taus = mask.flat_taus()
     candidates = torch.nonzero(taus > 0).flatten()
     cache: dict[int, dict[str, float]] = {}
 

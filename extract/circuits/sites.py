@@ -6,6 +6,7 @@ Adding a family is one more entry in SITE_MAPS.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -68,9 +69,10 @@ def _replace_main_output(output, tensor):
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
-def attach(model, sites: list[Site], edit) -> list:
-    """Register one forward hook per module. `edit(site, x)` gets each site's channels and returns
-    their replacement; returns the hook handles (call `.remove()` on each to detach)."""
+@contextmanager
+def hooked(model, sites: list[Site], edit):
+    """Inside the block, `edit(site, x)` sees each site's channels on every forward pass and
+    returns their replacement; one forward hook per module, removed on exit."""
     by_module: dict[str, list[Site]] = {}
     for site in sites:
         by_module.setdefault(site.module, []).append(site)
@@ -86,7 +88,11 @@ def attach(model, sites: list[Site], edit) -> list:
             return _replace_main_output(output, torch.cat(pieces, dim=-1))
 
         handles.append(model.get_submodule(path).register_forward_hook(hook))
-    return handles
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -100,14 +106,10 @@ def site_means(model, sites: list[Site], blocks: torch.Tensor, batch_size: int =
         sums[site.key] += x.detach().double().reshape(-1, site.width).sum(0).cpu()
         return x
 
-    handles = attach(model, sites, record)
-    try:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    with hooked(model, sites, record):
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
             model(input_ids=batch)
             count += batch.numel()
-    finally:
-        for handle in handles:
-            handle.remove()
     return {key: (value / count).float() for key, value in sums.items()}

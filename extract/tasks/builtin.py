@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from extract.tasks.examples import TaskExample
+from extract.tasks.examples import TaskExample, first_token_id
 
 WORDS = """
 account address amount answer archive args array attempt base batch block body buffer cache callback
@@ -148,8 +148,7 @@ def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0) 
         attempts += 1
         pair = []
         for prompt, target, alternative in TASKS[name](names, rng):
-            t = tokenizer(target, add_special_tokens=False)["input_ids"][0]
-            a = tokenizer(alternative, add_special_tokens=False)["input_ids"][0]
+            t, a = first_token_id(tokenizer, target), first_token_id(tokenizer, alternative)
             pair.append(TaskExample(tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"]), t, a))
         if all(e.target_id != e.alternative_id for e in pair):
             examples += pair

@@ -15,6 +15,12 @@ class TaskExample:
     alternative_id: int
 
 
+def first_token_id(tokenizer, text: str) -> int | None:
+    """The first token of `text` on its own (how targets and alternatives are compared); None if empty."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[0] if ids else None
+
+
 def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) -> torch.Tensor:
     """Logits at each prompt's last token. Prompts are left-padded, with an attention mask and
     position ids that start at 0 on the first real token, so absolute positions are unchanged."""

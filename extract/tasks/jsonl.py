@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from extract.tasks.examples import TaskExample
+from extract.tasks.examples import TaskExample, first_token_id
 
 FIELDS = ("prompt", "target", "alternative")
 MIN_EXAMPLES = 20
@@ -22,10 +22,10 @@ class TaskFileError(ValueError):
 
 
 def _first_token(tokenizer, text: str, where: str, field: str) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
+    token = first_token_id(tokenizer, text)
+    if token is None:
         raise TaskFileError(f"{where}: {field} {text!r} is empty after tokenisation")
-    return ids[0]
+    return token
 
 
 def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: int = MIN_EXAMPLES):

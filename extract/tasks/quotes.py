@@ -14,7 +14,7 @@ import io
 import random
 import tokenize
 
-from extract.tasks.examples import TaskExample
+from extract.tasks.examples import TaskExample, first_token_id
 
 QUOTES = ("'", '"')
 
@@ -45,7 +45,7 @@ def _closing_quote_offsets(source: str):
 def closing_quote_examples(texts, tokenizer, n_examples: int, prompt_tokens: int = 40, seed: int = 0,
                            per_file: int = 25):
     """A balanced list of `n_examples` TaskExamples (fewer if the texts hold too few)."""
-    quote_ids = {q: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(q))[0] for q in QUOTES}
+    quote_ids = {q: first_token_id(tokenizer, q) for q in QUOTES}
     found = {q: [] for q in QUOTES}
     rng = random.Random(seed)
     for source in texts:
