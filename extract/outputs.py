@@ -9,6 +9,9 @@ from extract import checkpoints
 from extract.recipe import Recipe, RecipeError
 
 RECIPE_FILE = "recipe.yaml"
+# Keys that only change which circuits are pruned, never the trained model: a different task list
+# may reuse an output_dir.
+CIRCUIT_ONLY_KEYS = ("tasks", "prune.")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -30,7 +33,8 @@ def save_recipe(recipe: Recipe, out: Path) -> None:
     if path.exists():
         saved = yaml.safe_load(path.read_text()) or {}
         flat_saved, flat_now = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
-        changed = sorted(k for k in flat_saved.keys() | flat_now.keys() if flat_saved.get(k) != flat_now.get(k))
+        changed = sorted(k for k in flat_saved.keys() | flat_now.keys()
+                         if flat_saved.get(k) != flat_now.get(k) and not k.startswith(CIRCUIT_ONLY_KEYS))
         if changed:
             raise RecipeError(
                 f"{path}: output_dir holds a run of a different recipe (differs in {', '.join(changed)}); "
@@ -81,4 +85,65 @@ def model_card(report: dict, recipe: Recipe) -> str:
     lines += ["", "Density is the nonzero fraction of the sparsified tensors (attention and MLP matrices, token and",
               "position embeddings), measured on these weights. The model loads with plain",
               "`AutoModelForCausalLM.from_pretrained`, and the zeros are stored as zeros.", ""]
+    return "\n".join(lines)
+
+
+def _number(value, fmt: str = ".3f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _circuit_cells(entry: dict | None, target: float) -> list[str]:
+    if not entry:
+        return ["-"] * 7
+    full = f"{entry['full_loss']:.3f} / {entry['full_accuracy']:.2f}"
+    circuit = entry.get("circuit")
+    if circuit is None:
+        why = "not solved by the full model" if not entry["solved"] else f"no circuit reaches {target}"
+        return [full, why, "", "", "", "", ""]
+    verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
+    if circuit.get("fits_through_ablation"):
+        verdict += " (fits through ablation)"
+    return [full, str(circuit["nodes"]), f"{circuit['edges']:,}", f"{circuit['loss']:.3f}",
+            f"{circuit['ablated_loss']:.3f}", f"{circuit['random_loss']:.3f}", verdict]
+
+
+def report_markdown(report: dict) -> str:
+    """report.md: the report's numbers as tables for people."""
+    lines = ["# Extraction report", "", f"Recipe: `{report.get('recipe')}`", ""]
+    models = [(role, report[role]) for role in ("dense", "sparse", "trained") if role in report]
+    if models:
+        lines += ["## Models", "", "| model | held-out loss | density | nonzero params | closing-quote accuracy |",
+                  "| --- | --- | --- | --- | --- |"]
+        for role, m in models:
+            lines.append(f"| {role} | {m['heldout_loss']:.4f} | {_number(m.get('density'), '.5f')} | "
+                         f"{_number(m.get('nonzero_params'), ',')} | {_number(m.get('quote_accuracy'))} |")
+        if "sparse" in report and "loss_ratio" in report["sparse"]:
+            s = report["sparse"]
+            lines += ["", f"Sparse held-out loss is {s['loss_ratio']:.3f}x the dense model's; KL to dense "
+                          f"{s['kl_to_dense']:.4f}; {s['tokens']:,} tokens in {s['wall_seconds'] / 60:.1f} min."]
+        lines.append("")
+    tasks = report.get("tasks")
+    if tasks:
+        target = report.get("target_loss", 0.15)
+        lines += ["## Circuits", "",
+                  f"Target task loss {target}. Sufficient: the circuit alone (everything else mean-ablated) reaches "
+                  f"the target. Necessary: ablating only the circuit raises the loss to at least ln(2)/2. Random: "
+                  "a circuit with as many nodes at every site, chosen at random (it should miss the target).", "",
+                  "| task | model | full loss / acc | nodes | edges | circuit loss | ablated loss | random loss "
+                  "| sufficient / necessary |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, by_role in tasks.items():
+            for role, entry in by_role.items():
+                lines.append("| " + " | ".join([name, role, *_circuit_cells(entry, target)]) + " |")
+        summary = report.get("summary") or {}
+        lines += ["", "## Summary", ""]
+        if summary.get("edge_ratio"):
+            lines.append(f"Over the tasks both models solve ({', '.join(summary['tasks_compared'])}): geometric-mean "
+                         f"circuit edges {summary['edges_geomean_dense']:,.0f} dense vs "
+                         f"{summary['edges_geomean_sparse']:,.0f} sparse, a ratio of {summary['edge_ratio']:.1f}x.")
+        else:
+            lines.append("No task has a sufficient circuit in both the dense and the sparse model, so there is no "
+                         "edge ratio.")
+        lines += ["", "Pictures: `circuits/loss_vs_edges.png` (task loss against circuit edges) and "
+                      "`circuits/TASK.sparse.png` (each sparse circuit). Circuit files: `circuits/TASK.MODEL.json`.",
+                  ""]
     return "\n".join(lines)

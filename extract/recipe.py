@@ -58,6 +58,9 @@ class SparsityConfig:
     anneal_shape: Literal["linear", "log", "cubic"] = "log"
     sharkfin: bool = True  # lr *= sqrt(target_density / current_density)
     embeddings: bool = True  # sparsify token and position embeddings too
+    # Density of the token and position embeddings; the matrices then share the rest of the budget,
+    # so the density over all sparsified tensors is still target_density. None: every tensor alike.
+    embedding_density: float | None = None
 
 
 @dataclass
@@ -97,6 +100,32 @@ class EvalConfig:
 
 
 @dataclass
+class TaskFileRef:
+    file: str  # a JSONL task file: {"prompt", "target", "alternative"} per line
+
+
+@dataclass
+class PruneConfig:
+    """Circuit pruning (METHOD.md section 3). The defaults are meant to work on every task without
+    a search: one setting for all tasks and both models."""
+
+    target_loss: float = 0.15  # a circuit is sufficient when its held-out task loss is at most this
+    steps: int = 100  # measured as good as 200 x 64 on the embedded model's quote task, at a quarter of the cost
+    batch_size: int = 32  # examples per mask step
+    lr: float = 3e-2
+    k_coef: float = 1e-3  # penalty per kept node
+    weight_decay: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+    train_pairs: int = 1000  # balanced pairs per built-in task for training the mask
+    heldout_pairs: int = 100  # for bisection and the checks
+    mean_blocks: int = 64  # held-out pretraining sequences for the mean-ablation values
+    # "dense" (model.name_or_path), "sparse" (OUTPUT_DIR/model), or any saved model's path or Hub id
+    models: list[str] = field(default_factory=lambda: ["dense", "sparse"])
+    random_model_control: bool = False  # also prune a randomly initialised model of the same shape
+    seed: int = 0
+
+
+@dataclass
 class Recipe:
     name: str = "unnamed"
     output_dir: str = "outputs/unnamed"
@@ -107,6 +136,8 @@ class Recipe:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tasks: list[str | TaskFileRef] = field(default_factory=list)  # built-in task names and task files
+    prune: PruneConfig = field(default_factory=PruneConfig)
     env: dict[str, str] = field(default_factory=dict)  # environment set before anything loads
 
     def to_dict(self) -> dict:
@@ -137,6 +168,9 @@ def _coerce(value, tp, where: str):
                 return _coerce(value, option, where)
             except RecipeError as error:
                 errors.append(str(error))
+        mappings = [o for o in options if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and len(mappings) == 1:  # a mapping meant that option: say what is wrong in it
+            _coerce(value, mappings[0], where)
         raise RecipeError(errors[0] if len(errors) == 1 else f"{where}: expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(tp):
@@ -205,6 +239,10 @@ def validate(recipe: Recipe) -> None:
     """Reject values that type-check but cannot run, before any work starts."""
     s, o, t, d, lo = recipe.sparsity, recipe.optim, recipe.train, recipe.data, recipe.loss
     _check(0 < s.target_density <= 1, "sparsity.target_density", "must be in (0, 1]", s.target_density)
+    _check(s.embedding_density is None or 0 < s.embedding_density <= 1, "sparsity.embedding_density",
+           "must be in (0, 1] or null", s.embedding_density)
+    _check(s.embedding_density is None or s.embeddings, "sparsity.embedding_density",
+           "needs sparsity.embeddings: true", s.embedding_density)
     _check(s.min_per_unit >= 0, "sparsity.min_per_unit", "must be >= 0", s.min_per_unit)
     _check(0 <= s.anneal_fraction <= 1, "sparsity.anneal_fraction", "must be in [0, 1]", s.anneal_fraction)
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "must be a positive number", o.lr)
@@ -221,8 +259,28 @@ def validate(recipe: Recipe) -> None:
     _check(d.heldout_blocks > 0, "data.heldout_blocks", "must be > 0", d.heldout_blocks)
     _check(0 < d.heldout_fraction < 1, "data.heldout_fraction", "must be in (0, 1)", d.heldout_fraction)
     _check(recipe.eval.quote_examples >= 0, "eval.quote_examples", "must be >= 0", recipe.eval.quote_examples)
+    p = recipe.prune
+    _check(0 < p.target_loss < math.log(2), "prune.target_loss", "must be in (0, ln 2)", p.target_loss)
+    for key in ("steps", "batch_size", "train_pairs", "heldout_pairs", "mean_blocks"):
+        _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
+    _check(p.lr > 0 and p.k_coef >= 0 and p.weight_decay >= 0, "prune", "lr must be > 0, k_coef and "
+           "weight_decay >= 0", (p.lr, p.k_coef, p.weight_decay))
+    _check_tasks(recipe.tasks)
     if recipe.model.init_config is not None and recipe.loss.kl_weight > 0:
         raise RecipeError("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
+
+
+def _check_tasks(tasks: list) -> None:
+    from extract.tasks.builtin import TASKS  # light: no torch
+
+    seen = set()
+    for i, task in enumerate(tasks):
+        where = f"tasks[{i}]"
+        if isinstance(task, str):
+            _check(task in TASKS, where, f"unknown built-in task (built-in: {', '.join(TASKS)})", task)
+        name = task if isinstance(task, str) else task.file
+        _check(name not in seen, where, "listed twice", name)
+        seen.add(name)
 
 
 # ---------------------------------------------------------------- files and overrides

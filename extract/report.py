@@ -1,4 +1,4 @@
-"""report.json, the model card and the training plot, computed from the saved artifacts only.
+"""report.json, report.md, the model card and the training plot, computed from saved artifacts only.
 
 Every number is recomputed from weights on disk (the dense source and the saved sparse model),
 in float32, so anyone can rerun `--stage report` and get the same report.
@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from extract import checkpoints
 from extract.models import count_params, load_model, load_tokenizer, sparse_tensors
-from extract.outputs import model_card
+from extract.outputs import model_card, report_markdown
+from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
@@ -68,40 +69,26 @@ def write_report(recipe: Recipe, recipe_file: str) -> dict:
             section["loss_ratio"] = section["heldout_loss"] / report["dense"]["heldout_loss"]
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
-    checkpoints.write_json_atomic(out / "report.json", report)
+    report = merge_circuits(report, out)
     checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe))
     plot_training(out / TRAIN_LOG, out / "training.png")
     return report
 
 
-def plot_training(log_path: Path, png_path: Path) -> None:
-    """Loss, KL and density against step: the picture that shows where the anneal hurts."""
-    if not log_path.exists():
-        return
-    import matplotlib
+def merge_circuits(report: dict, out: Path) -> dict:
+    """Fold the prune stage's results (circuits/circuits.json) into the report, and write
+    report.json and report.md."""
+    circuits = out / "circuits" / "circuits.json"
+    if circuits.exists():
+        found = json.loads(circuits.read_text())
+        report.update(target_loss=found["target_loss"], tasks=found["tasks"], summary=found["summary"])
+    checkpoints.write_json_atomic(out / "report.json", report)
+    checkpoints.write_text_atomic(out / "report.md", report_markdown(report))
+    return report
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in log_path.read_text().splitlines()]
-    fig, (ax_loss, ax_density) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    train = [r for r in rows if "ce" in r]
-    evals = [r for r in rows if "heldout_loss" in r]
-    ax_loss.plot([r["step"] for r in train], [r["ce"] for r in train], label="train CE", alpha=0.6)
-    if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["heldout_loss"] for r in evals], "o-", label="held-out CE")
-    if any(r.get("kl") is not None for r in train):
-        ax_loss.plot([r["step"] for r in train], [r["kl"] for r in train], label="train KL to dense", alpha=0.6)
-    ax_loss.set_ylabel("nats / token")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows])
-    ax_density.set_yscale("log")
-    ax_density.set_ylabel("density (scheduled)")
-    ax_density.set_xlabel("optimizer step")
-    ax_density.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    tmp = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(png_path)
+def refresh_report(out: Path, recipe_file: str) -> dict:
+    """After pruning alone: update report.json with the circuits (starting one if there is none)."""
+    path = out / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {"recipe": recipe_file}
+    return merge_circuits(report, out)

@@ -38,14 +38,39 @@ def projection_mask(weight: torch.Tensor, k: int, unit_axis: int | None, min_per
 
 
 @torch.no_grad()
-def project_(tensors: list[SparseTensor], density: float, min_per_unit: int) -> None:
-    """Zero all but the largest-magnitude entries of every tensor, in place, to `density`."""
-    if density >= 1.0:
-        return
-    for t in tensors:
+def project_(tensors: list[SparseTensor], densities: float | list[float], min_per_unit: int) -> None:
+    """Zero all but the largest-magnitude entries of every tensor, in place, to its density
+    (one for all tensors, or one per tensor)."""
+    if not isinstance(densities, (list, tuple)):
+        densities = [densities] * len(tensors)
+    for t, density in zip(tensors, densities, strict=True):
+        if density >= 1.0:
+            continue
         weight = t.param.data
         mask = projection_mask(weight, kept_count(weight.numel(), density), t.unit_axis, min_per_unit)
         weight.mul_(mask)
+
+
+def tensor_targets(tensors: list[SparseTensor], target_density: float,
+                   embedding_density: float | None) -> list[float]:
+    """Each tensor's final density. With `embedding_density`, the embeddings (the tensors without
+    unit axes) get it and the matrices share what is left of the overall budget, so the nonzero
+    count over all tensors is still target_density of their size."""
+    if embedding_density is None:
+        return [target_density] * len(tensors)
+    embedding_numel = sum(t.param.numel() for t in tensors if t.unit_axis is None)
+    matrix_numel = sum(t.param.numel() for t in tensors if t.unit_axis is not None)
+    budget = target_density * (embedding_numel + matrix_numel) - embedding_density * embedding_numel
+    if matrix_numel == 0 or budget <= 0:
+        raise ValueError(f"embedding_density {embedding_density} leaves no budget for the matrices "
+                         f"at target_density {target_density}")
+    matrix_density = min(1.0, budget / matrix_numel)
+    return [embedding_density if t.unit_axis is None else matrix_density for t in tensors]
+
+
+def scheduled_densities(finals: list[float], progress: float, anneal_fraction: float, shape: str) -> list[float]:
+    """Every tensor annealed from 1 to its own final density along the same schedule."""
+    return [density_at(progress, final, anneal_fraction, shape) for final in finals]
 
 
 def density_floor(tensors: list[SparseTensor], min_per_unit: int) -> float:

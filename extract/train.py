@@ -35,7 +35,9 @@ from extract.sparsity import (
     measured_density,
     project_,
     rescale_gradients_to_unit_rms,
+    scheduled_densities,
     sharkfin_factor,
+    tensor_targets,
 )
 
 MODEL_DIRNAME = "model"
@@ -235,8 +237,12 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     s = recipe.sparsity
     if targets:
         floor = density_floor(targets, s.min_per_unit)
+        finals = tensor_targets(targets, s.target_density, s.embedding_density)
         accelerator.print(f"sparsifying {len(targets)} tensors, {sum(x.param.numel() for x in targets):,} weights; "
                           f"target density {s.target_density:.5f}, per-unit minimum floor {floor:.5f}")
+        if s.embedding_density is not None:
+            accelerator.print(f"embeddings at {s.embedding_density:.5f}, matrices at "
+                              f"{next(f for x, f in zip(targets, finals) if x.unit_axis is not None):.5f}")
 
     state = TrainState()
     resume_from = checkpoints.latest_checkpoint(ckpt_dir)
@@ -298,7 +304,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if targets:
-            project_(targets, density, s.min_per_unit)
+            project_(targets, scheduled_densities(finals, progress, s.anneal_fraction, s.anneal_shape),
+                     s.min_per_unit)
         state.step += 1
         state.tokens += tokens_per_step
         window_tokens += tokens_per_step

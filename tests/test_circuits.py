@@ -190,3 +190,25 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     assert report["random_loss"] > 0.15 and report["edges"] > 0
     shuffled = random_gates_like(gates, seed=1)
     assert all(int(shuffled[k].sum()) == int(g.sum()) for k, g in gates.items())  # same count per site
+
+
+def test_listed_edges_agree_with_the_count_and_name_their_ends():
+    from extract.circuits.edges import list_edges
+
+    torch.manual_seed(2)
+    config = GPT2Config(vocab_size=20, n_layer=2, n_embd=8, n_head=2, n_positions=8)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(torch.rand_like(p) < 0.3)  # sparse, so edges depend on the weights
+    sites = node_sites(model)
+    kept = {s.key: torch.rand(s.width) < 0.5 for s in sites}
+    edges = list_edges(model, kept)
+    assert len(edges) == count_edges(model, kept) > 0
+    params = dict(model.named_parameters())
+    for edge in edges:
+        (src, i), (dst, j) = edge["from"], edge["to"]
+        assert kept[src][i] and kept[dst][j] and edge["weight"] != 0
+        layer = src.split(".")[0]
+        if dst.endswith("mlp"):  # read -> neuron: the c_fc weight at (i, j)
+            assert edge["weight"] == float(params[f"transformer.h.{layer}.mlp.c_fc.weight"][i, j])

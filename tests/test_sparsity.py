@@ -127,3 +127,23 @@ def test_gradients_rescaled_to_unit_rms():
     rms = torch.sqrt((a.grad.pow(2).sum() + b.grad.pow(2).sum()) / 25)
     assert float(rms) == pytest.approx(1.0)
     assert float(b.grad[0, 0] / a.grad[0]) == pytest.approx(-2.0)  # direction kept
+
+
+def test_embedding_density_keeps_the_overall_budget():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from extract.sparsity import tensor_targets
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_positions=16))
+    tensors = sparse_tensors(model)
+    finals = tensor_targets(tensors, 1 / 16, 1 / 8)
+    embeddings = [f for t, f in zip(tensors, finals) if t.unit_axis is None]
+    matrices = {f for t, f in zip(tensors, finals) if t.unit_axis is not None}
+    assert embeddings and all(f == 1 / 8 for f in embeddings) and len(matrices) == 1
+    assert matrices.pop() < 1 / 16  # the matrices pay for the denser embeddings
+    project_(tensors, finals, min_per_unit=0)
+    density, _, _ = measured_density(tensors)
+    # each tensor rounds its count up, so the total may exceed the budget by one per tensor
+    assert 1 / 16 <= density <= 1 / 16 + len(tensors) / sum(t.param.numel() for t in tensors)
+    with pytest.raises(ValueError, match="no budget"):
+        tensor_targets(tensors, 1 / 64, 1.0)

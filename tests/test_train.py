@@ -196,8 +196,10 @@ def test_gpt2_small_recipe_runs_on_local_stand_ins(gpt2_tokenizer_dir, tiny_corp
     run_cli("--recipe", "gpt2-small", f"model.name_or_path={model_dir}", f"data.dataset={corpus}",
             "data.heldout_fraction=0.2", "data.block_size=32", "data.heldout_blocks=4", "train.steps=6",
             "train.batch_size=2", "train.eval_every=3", "train.checkpoint_every=3", "train.compile=false",
-            "eval.quote_examples=0", f"output_dir={out}")
+            "eval.quote_examples=0", "tasks=[single_double_quote]", "prune.mean_blocks=4", f"output_dir={out}")
     report = json.loads((out / "report.json").read_text())
+    # the built-in task ran through the real GPT-2 vocabulary (a random model does not solve it)
+    assert report["tasks"]["single_double_quote"]["sparse"]["solved"] is False
     assert report["sparse"]["tokens"] == 6 * 2 * 2 * 32  # steps x batch x accumulation x block
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["density"] == pytest.approx(1 / 64)

@@ -46,3 +46,29 @@ def count_edges(model, kept: dict[str, torch.Tensor]) -> int:
         nonzero = (params[matrix.weight] != 0).float()
         total += int(rows @ nonzero @ cols)
     return total
+
+
+def _split(flat_index: int, keys: tuple[str, ...], widths: dict[str, int]) -> tuple[str, int]:
+    for key in keys:
+        if flat_index < widths[key]:
+            return key, flat_index
+        flat_index -= widths[key]
+    raise IndexError(flat_index)
+
+
+@torch.no_grad()
+def list_edges(model, kept: dict[str, torch.Tensor]) -> list[dict]:
+    """Every edge among the kept nodes with its weight: {"from": [site, index], "to": [site, index],
+    "weight": w}. The same rule as count_edges, spelled out for circuit files and drawings."""
+    params = dict(model.named_parameters())
+    widths = {key: int(mask.numel()) for key, mask in kept.items()}
+    edges = []
+    for matrix in EDGE_MAPS[model.config.model_type](model):
+        rows = torch.cat([kept[k] for k in matrix.inputs]).bool()
+        cols = torch.cat([kept[k] for k in matrix.outputs]).bool()
+        weight = params[matrix.weight].detach()
+        live = (weight != 0) & rows[:, None] & cols[None, :]
+        for i, j in torch.nonzero(live).tolist():
+            edges.append({"from": list(_split(i, matrix.inputs, widths)), "to": list(_split(j, matrix.outputs, widths)),
+                          "weight": float(weight[i, j])})
+    return edges

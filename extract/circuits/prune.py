@@ -8,24 +8,12 @@ trained mask kept (outside it the tau ranking means nothing).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import torch
 
 from extract.circuits.masks import NodeMask
+from extract.recipe import PruneConfig
 from extract.tasks.examples import TaskExample, two_way_loss, two_way_scores
-
-
-@dataclass
-class PruneConfig:
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 3e-3
-    k_coef: float = 1e-3
-    weight_decay: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    target_loss: float = 0.15
-    seed: int = 0
 
 
 def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneConfig, on_step=None) -> NodeMask:
@@ -46,7 +34,7 @@ def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneCon
             optimizer.step()
             mask.clamp_()
             if on_step is not None:
-                on_step(step, float(task_loss), float(kept))
+                on_step(step, float(task_loss.detach()), float(kept.detach()))
     return mask
 
 

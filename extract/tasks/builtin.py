@@ -133,10 +133,12 @@ TASKS = {f.__name__: f for f in (single_double_quote, bracket_counting, set_or_s
                                  while_return_true, var_swap, class_init, if_ternary)}
 
 
-def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0) -> list[TaskExample]:
+def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0,
+                 max_len: int | None = None) -> list[TaskExample]:
     """`n_pairs` balanced pairs of task `name` for `split` ("train" or "heldout"), as token ids.
 
-    A pair whose target and alternative share a first token under this tokenizer is skipped.
+    A pair whose target and alternative share a first token under this tokenizer, or with a prompt
+    longer than `max_len` tokens (the model's context), is skipped.
     """
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r} (built-in tasks: {', '.join(TASKS)})")
@@ -150,6 +152,7 @@ def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0) 
         for prompt, target, alternative in TASKS[name](names, rng):
             t, a = first_token_id(tokenizer, target), first_token_id(tokenizer, alternative)
             pair.append(TaskExample(tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"]), t, a))
-        if all(e.target_id != e.alternative_id for e in pair):
+        if all(e.target_id != e.alternative_id and len(e.prompt_ids) <= (max_len or len(e.prompt_ids))
+               for e in pair):
             examples += pair
     return examples

@@ -32,7 +32,8 @@ def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) ->
         ids[row, width - len(example.prompt_ids):] = torch.tensor(example.prompt_ids)
         attention[row, width - len(example.prompt_ids):] = 1
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    output = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device))
+    output = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+                   logits_to_keep=1)  # only the last position is scored: skip the unembedding elsewhere
     return output.logits[:, -1].float()
 
 

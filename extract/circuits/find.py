@@ -1,0 +1,101 @@
+"""One task on one model: score the full model, prune a circuit, check it, trace loss against size.
+
+The same function runs for the dense model, the sparse model and the random-init control, so
+nothing special-cases either (DESIGN.md). Everything returned is plain data for the report and the
+circuit file.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from extract.circuits.checks import check_circuit
+from extract.circuits.edges import count_edges
+from extract.circuits.masks import NodeMask
+from extract.circuits.prune import discretise, scores_with_gates, top_k_gates, train_mask
+from extract.circuits.sites import Site
+from extract.recipe import PruneConfig
+from extract.tasks.examples import TaskExample, two_way_scores
+
+# A circuit scoring under half the full model's loss (and at least this much under it) does the task
+# better than the model does: the mean ablation is fitting the task, not exposing a mechanism.
+ABLATION_FIT_MARGIN = 0.05
+CURVE_POINTS = 8
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list[TaskExample] | Callable[[], list[TaskExample]]  # a callable builds them when first needed
+    heldout: list[TaskExample]
+
+    def train_examples(self) -> list[TaskExample]:
+        if callable(self.train):
+            self.train = self.train()
+        return self.train
+
+
+@dataclass
+class Found:
+    result: dict  # the report entry: full_loss, full_accuracy, solved, circuit (or None), ...
+    gates: dict[str, torch.Tensor] | None  # the circuit's 0/1 gates per site, None without one
+    curve: list[dict]  # [{"nodes", "edges", "loss"}] along the tau ranking
+
+
+def fits_through_ablation(circuit_loss: float, full_loss: float) -> bool:
+    return circuit_loss < 0.5 * full_loss and full_loss - circuit_loss > ABLATION_FIT_MARGIN
+
+
+def loss_edges_curve(model, mask: NodeMask, heldout: list[TaskExample], points: int = CURVE_POINTS) -> list[dict]:
+    """Held-out loss and edges of the top-k circuits for k on a geometric grid inside the kept set."""
+    candidates = torch.nonzero(mask.flat_taus() > 0).flatten()
+    if len(candidates) == 0:
+        return []
+    sizes = sorted({max(1, round(len(candidates) ** (i / (points - 1)))) for i in range(points)})
+    curve = []
+    for k in sizes:
+        gates = top_k_gates(mask, k, candidates)
+        loss = scores_with_gates(model, mask, gates, heldout)["loss"]
+        curve.append({"nodes": k, "edges": count_edges(model, {s: g.bool() for s, g in gates.items()}), "loss": loss})
+    return curve
+
+
+def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task: TaskData, cfg: PruneConfig,
+                 *, prune_unsolved: bool = False, on_step=None) -> Found:
+    """Prune `task` on `model`. A model that does not reach the target itself is reported as such
+    and not pruned, unless `prune_unsolved` (the random-init control, whose point is that pruning
+    alone must not make it reach the target)."""
+    model.eval()
+    start = time.time()
+    full = two_way_scores(model, task.heldout)
+    result = {"full_loss": full["loss"], "full_accuracy": full["accuracy"],
+              "solved": full["loss"] <= cfg.target_loss, "circuit": None}
+    if not result["solved"] and not prune_unsolved:
+        return Found(result, None, [])
+    torch.manual_seed(cfg.seed)
+    mask = NodeMask(sites, means)
+    train_mask(model, mask, task.train_examples(), cfg, on_step=on_step)
+    result["mask_kept_nodes"] = int((mask.flat_taus() > 0).sum())
+    curve = loss_edges_curve(model, mask, task.heldout)
+    found = discretise(model, mask, task.heldout, cfg.target_loss)
+    if found is not None:
+        gates, _ = found
+        circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss)
+        circuit["fits_through_ablation"] = fits_through_ablation(circuit["loss"], full["loss"])
+        result["circuit"] = circuit
+    else:
+        gates = None
+    result["reached_target"] = found is not None
+    result["prune_seconds"] = time.time() - start
+    return Found(result, gates, curve)
+
+
+def geometric_mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values))

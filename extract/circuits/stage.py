@@ -1,0 +1,210 @@
+"""The prune stage: every recipe task on every model the recipe names, with the same code.
+
+Writes, under OUTPUT_DIR/circuits/: one JSON per (task, model) circuit, a drawing of each sparse
+circuit, the loss-vs-edges plot, and `circuits.json` (the report's "tasks" and "summary"), then
+folds them into report.json and report.md when a report exists.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from extract import checkpoints
+from extract.circuits.files import circuit_record, write_circuit
+from extract.circuits.find import TaskData, find_circuit, geometric_mean
+from extract.circuits.sites import node_sites, site_means
+from extract.models import load_model, load_tokenizer
+from extract.recipe import ModelConfig, Recipe, TaskFileRef
+from extract.tasks.builtin import builtin_task
+from extract.tasks.jsonl import load_task_file
+from extract.train import MODEL_DIRNAME, prepare_heldout
+
+log = logging.getLogger(__name__)
+
+CIRCUITS_DIRNAME = "circuits"
+SUMMARY_FILE = "circuits.json"
+FILE_HELDOUT_FRACTION = 0.2
+RANDOM_INIT = "random_init"
+MAX_DRAWN_EDGES = 3000  # beyond this a drawing is a hairball (dense circuits are not drawn)
+
+
+@dataclass
+class PrunedModel:
+    role: str  # "dense", "sparse", "random_init", or the path of a user's model
+    path: str
+    model: torch.nn.Module
+    tokenizer: object
+
+
+def task_name(task: str | TaskFileRef) -> str:
+    return task if isinstance(task, str) else Path(task.file).stem
+
+
+def _is_heldout_prompt(prompt_ids: tuple[int, ...]) -> bool:
+    digest = hashlib.sha1(repr(prompt_ids).encode()).digest()
+    return digest[0] < 256 * FILE_HELDOUT_FRACTION
+
+
+def load_task(task: str | TaskFileRef, tokenizer, max_context: int, recipe: Recipe) -> TaskData:
+    """Train and held-out examples. Built-in tasks draw from disjoint identifier pools; a task file
+    is split by a hash of each prompt, so a prompt never lands in both splits."""
+    p = recipe.prune
+    if isinstance(task, str):
+        heldout = builtin_task(task, tokenizer, "heldout", p.heldout_pairs, p.seed, max_len=max_context)
+        if not heldout:
+            raise ValueError(f"task {task}: no examples fit the model's context of {max_context} tokens")
+
+        def train():  # thousands of prompts: built only for a task that gets pruned
+            return builtin_task(task, tokenizer, "train", p.train_pairs, p.seed, max_len=max_context)
+
+        return TaskData(task, train, heldout)
+    examples = load_task_file(task.file, tokenizer, max_context)
+    heldout = [e for e in examples if _is_heldout_prompt(e.prompt_ids)]
+    train = [e for e in examples if not _is_heldout_prompt(e.prompt_ids)]
+    if not heldout or not train:
+        raise ValueError(f"{task.file}: the hash split left no {'held-out' if not heldout else 'training'} "
+                         "examples; add more examples")
+    return TaskData(task_name(task), train, heldout)
+
+
+def weights_fingerprint(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path) -> dict[str, torch.Tensor]:
+    """Mean activation per node on held-out pretraining text, cached by the weights' and the
+    blocks' fingerprints (so a retrained model or other text never reuses stale means)."""
+    key = hashlib.sha256(weights_fingerprint(model).encode() + blocks.numpy().tobytes()).hexdigest()[:16]
+    path = cache_dir / f"means-{key}.safetensors"
+    if path.exists():
+        return load_file(path)
+    means = site_means(model, sites, blocks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in means.items()}, tmp)
+    tmp.replace(path)
+    return means
+
+
+def models_to_prune(recipe: Recipe) -> list[PrunedModel]:
+    out = []
+    for entry in recipe.prune.models:
+        if entry == "dense":
+            cfg, path = recipe.model, recipe.model.name_or_path
+        elif entry == "sparse":
+            path = str(Path(recipe.output_dir) / MODEL_DIRNAME)
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"{path}: no sparse model yet; run the sparsify stage first "
+                                        "(or set prune.models to name the models to prune)")
+            cfg = ModelConfig(name_or_path=path)
+        else:
+            cfg, path = ModelConfig(name_or_path=entry, trust_remote_code=recipe.model.trust_remote_code), entry
+        out.append(PrunedModel(entry, path, load_model(cfg).eval(), load_tokenizer(cfg)))
+    if recipe.prune.random_model_control and out:
+        torch.manual_seed(recipe.prune.seed)
+        template = out[0].model
+        fresh = type(template)(template.config).eval()
+        out.append(PrunedModel(RANDOM_INIT, f"random init of {out[0].path}", fresh, out[0].tokenizer))
+    return out
+
+
+def _mean_blocks(recipe: Recipe, tokenizer) -> torch.Tensor:
+    blocks, _ = prepare_heldout(recipe, tokenizer)
+    step = max(1, len(blocks) // recipe.prune.mean_blocks)
+    return blocks[::step][: recipe.prune.mean_blocks]
+
+
+def summarise(tasks: dict) -> dict:
+    """Geometric-mean edges over the tasks for which both models have a sufficient circuit."""
+    both = [t for t in tasks.values()
+            if all((t.get(role) or {}).get("circuit") for role in ("dense", "sparse"))]
+    dense = geometric_mean([t["dense"]["circuit"]["edges"] for t in both])
+    sparse = geometric_mean([t["sparse"]["circuit"]["edges"] for t in both])
+    return {"tasks_compared": sorted(name for name, t in tasks.items() if t in both),
+            "edges_geomean_dense": dense, "edges_geomean_sparse": sparse,
+            "edge_ratio": dense / sparse if dense and sparse else None}
+
+
+def prune_stage(recipe: Recipe) -> dict:
+    """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved)."""
+    from extract.plots import draw_circuit, plot_loss_vs_edges
+
+    if not recipe.tasks:
+        raise ValueError("the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
+    out = Path(recipe.output_dir) / CIRCUITS_DIRNAME
+    cfg = recipe.prune
+    models = models_to_prune(recipe)
+    tasks: dict[str, dict] = {}
+    curves: dict[str, dict[str, list]] = {}
+    for entry in models:
+        sites = node_sites(entry.model)
+        blocks = _mean_blocks(recipe, entry.tokenizer)
+        means = cached_means(entry.model, sites, blocks, out / "means")
+        max_context = entry.model.config.n_positions
+        for task in recipe.tasks:
+            random.seed(cfg.seed)
+            data = load_task(task, entry.tokenizer, max_context, recipe)
+            if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
+                continue  # the control is for circuits the report claims, not for tasks no model does
+            bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
+            found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step,
+                                 prune_unsolved=entry.role == RANDOM_INIT)
+            bar.close()
+            tasks.setdefault(data.name, {})[entry.role] = found.result
+            curves.setdefault(data.name, {})[entry.role] = found.curve
+            if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
+                record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg.target_loss)
+                write_circuit(out / f"{data.name}.{_slug(entry.role)}.json", record)
+                if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
+                    draw_circuit(record, out / f"{data.name}.{_slug(entry.role)}.png")
+            log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+    result = {"target_loss": cfg.target_loss, "tasks": tasks, "summary": summarise(tasks)}
+    checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
+    plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png")
+    return result
+
+
+class _LazyBar:
+    """A progress bar that appears only once mask training starts (not for unsolved tasks)."""
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc, self.bar = total, desc, None
+
+    def step(self, step: int, task_loss: float, kept: float) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, desc=self.desc, leave=False, dynamic_ncols=True)
+        self.bar.update(1)
+        if step % 10 == 0:
+            self.bar.set_postfix(task_loss=f"{task_loss:.3f}", kept=int(kept))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _slug(role: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in role.strip("./"))
+
+
+def circuit_line(task: str, role: str, result: dict, target: float) -> str:
+    head = f"{task:>20} {role:>11}: full loss {result['full_loss']:.3f} (acc {result['full_accuracy']:.2f})"
+    if not result["solved"] and role != RANDOM_INIT:
+        return head + f"; the full model misses the target {target}: not pruned"
+    circuit = result["circuit"]
+    if circuit is None:
+        return head + f"; no circuit reaches {target}"
+    return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}, "
+                   f"ablated {circuit['ablated_loss']:.3f}, random {circuit['random_loss']:.3f}"
+                   + ("" if circuit["sufficient"] and circuit["necessary"] else " (check failed)")
+                   + (" [fits through ablation]" if circuit["fits_through_ablation"] else ""))

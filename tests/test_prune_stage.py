@@ -1,0 +1,137 @@
+"""The prune stage through the command line, on a tiny GPT-2 trained in the test to close quotes."""
+import json
+import random
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+WORDS = "alpha beta gamma delta value name path key data item text label token count".split()
+
+
+def _quote_lines(n_pairs: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_pairs):
+        v, w = rng.sample(WORDS, 2)
+        shape = rng.choice(["{v} = {q}{w}", "print({q}{w}", "{v}[{q}{w}"])
+        for q, other in (("'", '"'), ('"', "'")):
+            lines.append(json.dumps({"prompt": shape.format(v=v, w=w, q=q), "target": q, "alternative": other}))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def quote_model(tmp_path_factory):
+    """(model dir, task file): a 2-layer GPT-2 with the shipped tokenizer, trained on the task's
+    two-way loss until it closes quotes, and the task file it is pruned on."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from extract.paths import TOKENIZER_DIR
+    from extract.tasks.examples import two_way_loss
+    from extract.tasks.jsonl import load_task_file
+
+    root = tmp_path_factory.mktemp("quote-model")
+    task_file = root / "quotes.jsonl"
+    task_file.write_text("\n".join(_quote_lines(150, seed=0)) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    examples = load_task_file(task_file, tokenizer, max_context=64)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        loss = two_way_loss(model, examples)[0].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss.detach()) < 0.05, "the test model should have learned the task"
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model", task_file
+
+
+PRUNE = ["prune.steps=80", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8"]
+
+
+def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_model):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from extract.circuits.files import gates_from_record, load_circuit
+    from extract.circuits.masks import NodeMask
+    from extract.circuits.prune import scores_with_gates
+    from extract.circuits.sites import node_sites
+    from extract.circuits.stage import load_task
+    from extract.recipe import TaskFileRef, load_recipe
+
+    model_dir, task_file = quote_model
+    out = tmp_path / "pruned"
+    run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", model_dir, "--task", task_file,
+            f"output_dir={out}", *PRUNE)
+    report = json.loads((out / "report.json").read_text())
+    entry = report["tasks"]["quotes"][str(model_dir)]
+    assert entry["solved"] and entry["full_loss"] < 0.15
+    circuit = entry["circuit"]
+    assert circuit["sufficient"] and circuit["necessary"] and circuit["loss"] <= 0.15
+    assert circuit["random_loss"] > 0.15  # the control: as many nodes per site, at random, fail
+    assert 0 < circuit["nodes"] < entry["mask_kept_nodes"] <= 2 * (4 * 32 + 3 * 32 + 128)
+    assert "quotes" in (out / "report.md").read_text()
+    assert (out / "circuits" / "loss_vs_edges.png").stat().st_size > 0
+
+    # the circuit file alone reproduces the circuit: its nodes give the same held-out loss and edges
+    files = list((out / "circuits").glob("quotes.*.json"))
+    assert len(files) == 1
+    record = load_circuit(files[0])
+    assert len(record["edges"]) == circuit["edges"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    sites = node_sites(model)
+    gates = gates_from_record(record, {s.key: s.width for s in sites})
+    assert int(sum(g.sum() for g in gates.values())) == circuit["nodes"]
+    (means_file,) = (out / "circuits" / "means").glob("means-*.safetensors")
+    mask = NodeMask(sites, load_file(means_file))
+    recipe, _ = load_recipe(str(out / "recipe.yaml"))
+    task = load_task(TaskFileRef(str(task_file)), AutoTokenizer.from_pretrained(model_dir), 64, recipe)
+    assert scores_with_gates(model, mask, gates, task.heldout)["loss"] == pytest.approx(circuit["loss"], abs=1e-5)
+
+
+def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_recipe, tmp_path, quote_model):
+    model_dir, task_file = quote_model
+    out = tmp_path / "full"
+    recipe = write_recipe(model={"name_or_path": str(model_dir)}, tasks=[{"file": str(task_file)}])
+    run_cli("--recipe", recipe, f"output_dir={out}", "prune.random_model_control=true", *PRUNE)
+    report = json.loads((out / "report.json").read_text())
+    assert report["sparse"]["density"] <= 0.125 + 1e-3  # the sparsify stage ran first
+    task = report["tasks"]["quotes"]
+    assert set(task) == {"dense", "sparse", "random_init"}
+    assert task["dense"]["circuit"]["sufficient"] and task["dense"]["circuit"]["necessary"]
+    control = task["random_init"]
+    assert not control["solved"] and not control["reached_target"]  # pruning alone does not fake the task
+    summary = report["summary"]
+    if task["sparse"]["circuit"]:  # 12 sparsify steps may or may not keep the task
+        assert summary["tasks_compared"] == ["quotes"] and summary["edge_ratio"] > 0
+    else:
+        assert summary["tasks_compared"] == [] and summary["edge_ratio"] is None
+    md = (out / "report.md").read_text()
+    assert "| quotes | dense |" in md and "| quotes | random_init |" in md
+
+
+def test_bad_task_file_is_named_with_its_line(write_recipe, tmp_path, quote_model):
+    model_dir, _ = quote_model
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(_quote_lines(20, seed=1)[:5] + ['{"prompt": "x = ", "target": "1"}']) + "\n")
+    proc = run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", model_dir, "--task", bad,
+                   f"output_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode == 1
+    assert f"{bad}:6: missing or non-string field(s): alternative" in proc.stderr
+
+
+def test_unsolved_task_is_reported_not_pruned(write_recipe, tmp_path, tiny_model_dir, quote_model):
+    _, task_file = quote_model
+    out = tmp_path / "random"
+    run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", tiny_model_dir, "--task", task_file,
+            f"output_dir={out}", *PRUNE)
+    entry = json.loads((out / "report.json").read_text())["tasks"]["quotes"][str(tiny_model_dir)]
+    assert not entry["solved"] and entry["circuit"] is None and "mask_kept_nodes" not in entry
+    assert "not solved by the full model" in (out / "report.md").read_text()
