@@ -98,7 +98,8 @@ def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     full = f"{entry['full_loss']:.3f} / {entry['full_accuracy']:.2f}"
     circuit = entry.get("circuit")
     if circuit is None:
-        why = "not solved by the full model" if not entry["solved"] else f"no circuit reaches {target}"
+        pruned = "reached_target" in entry  # the random-init control is pruned even though unsolved
+        why = f"pruned: no circuit reaches {target}" if pruned else "not solved by the full model"
         return [full, why, "", "", "", "", ""]
     verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
     if circuit.get("fits_through_ablation"):

@@ -63,7 +63,7 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     from extract.circuits.masks import NodeMask
     from extract.circuits.prune import scores_with_gates
     from extract.circuits.sites import node_sites
-    from extract.circuits.stage import load_task
+    from extract.circuits.stage import MAX_DRAWN_EDGES, load_task
     from extract.recipe import TaskFileRef, load_recipe
 
     model_dir, task_file = quote_model
@@ -79,6 +79,8 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     assert 0 < circuit["nodes"] < entry["mask_kept_nodes"] <= 2 * (4 * 32 + 3 * 32 + 128)
     assert "quotes" in (out / "report.md").read_text()
     assert (out / "circuits" / "loss_vs_edges.png").stat().st_size > 0
+    drawings = list((out / "circuits").glob("quotes.*.png"))
+    assert len(drawings) == (1 if circuit["edges"] <= MAX_DRAWN_EDGES else 0)
 
     # the circuit file alone reproduces the circuit: its nodes give the same held-out loss and edges
     files = list((out / "circuits").glob("quotes.*.json"))
