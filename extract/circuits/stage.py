@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +152,6 @@ def prune_stage(recipe: Recipe) -> dict:
         means = cached_means(entry.model, sites, blocks, out / "means")
         max_context = entry.model.config.n_positions
         for task in recipe.tasks:
-            random.seed(cfg.seed)
             data = load_task(task, entry.tokenizer, max_context, recipe)
             if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
                 continue  # the control is for circuits the report claims, not for tasks no model does
