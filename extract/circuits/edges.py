@@ -35,17 +35,21 @@ def gpt2_edge_matrices(model) -> list[EdgeMatrix]:
 EDGE_MAPS = {"gpt2": gpt2_edge_matrices}
 
 
+def _live_edges(model, kept: dict[str, torch.Tensor]):
+    """(matrix, weight, live) per edge matrix, where `live` marks the nonzero weights whose two end
+    nodes are both kept: the one rule both count_edges and list_edges apply."""
+    params = dict(model.named_parameters())
+    for matrix in EDGE_MAPS[model.config.model_type](model):
+        rows = torch.cat([kept[k] for k in matrix.inputs]).bool()
+        cols = torch.cat([kept[k] for k in matrix.outputs]).bool()
+        weight = params[matrix.weight].detach()
+        yield matrix, weight, (weight != 0) & rows[:, None] & cols[None, :]
+
+
 @torch.no_grad()
 def count_edges(model, kept: dict[str, torch.Tensor]) -> int:
     """Edges among the kept nodes; `kept` maps site keys to boolean vectors."""
-    params = dict(model.named_parameters())
-    total = 0
-    for matrix in EDGE_MAPS[model.config.model_type](model):
-        rows = torch.cat([kept[k] for k in matrix.inputs]).float()
-        cols = torch.cat([kept[k] for k in matrix.outputs]).float()
-        nonzero = (params[matrix.weight] != 0).float()
-        total += int(rows @ nonzero @ cols)
-    return total
+    return sum(int(live.sum()) for _, _, live in _live_edges(model, kept))
 
 
 def _split(flat_index: int, keys: tuple[str, ...], widths: dict[str, int]) -> tuple[str, int]:
@@ -59,15 +63,10 @@ def _split(flat_index: int, keys: tuple[str, ...], widths: dict[str, int]) -> tu
 @torch.no_grad()
 def list_edges(model, kept: dict[str, torch.Tensor]) -> list[dict]:
     """Every edge among the kept nodes with its weight: {"from": [site, index], "to": [site, index],
-    "weight": w}. The same rule as count_edges, spelled out for circuit files and drawings."""
-    params = dict(model.named_parameters())
+    "weight": w}, for circuit files and drawings."""
     widths = {key: int(mask.numel()) for key, mask in kept.items()}
     edges = []
-    for matrix in EDGE_MAPS[model.config.model_type](model):
-        rows = torch.cat([kept[k] for k in matrix.inputs]).bool()
-        cols = torch.cat([kept[k] for k in matrix.outputs]).bool()
-        weight = params[matrix.weight].detach()
-        live = (weight != 0) & rows[:, None] & cols[None, :]
+    for matrix, weight, live in _live_edges(model, kept):
         for i, j in torch.nonzero(live).tolist():
             edges.append({"from": list(_split(i, matrix.inputs, widths)), "to": list(_split(j, matrix.outputs, widths)),
                           "weight": float(weight[i, j])})
