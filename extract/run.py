@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         accelerator.wait_for_everyone()
         if args.stage in ("sparsify", "all"):
             train(recipe, accelerator)
-        if args.stage in ("prune", "all") and recipe.tasks and accelerator.is_main_process:
+        # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
+        if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
             from extract.circuits.stage import prune_stage
             from extract.report import refresh_report
 

@@ -137,3 +137,8 @@ def test_unsolved_task_is_reported_not_pruned(write_recipe, tmp_path, tiny_model
     entry = json.loads((out / "report.json").read_text())["tasks"]["quotes"][str(tiny_model_dir)]
     assert not entry["solved"] and entry["circuit"] is None and "mask_kept_nodes" not in entry
     assert "not solved by the full model" in (out / "report.md").read_text()
+
+
+def test_prune_stage_without_tasks_says_so(write_recipe, tmp_path):
+    proc = run_cli("--recipe", write_recipe(), "--stage", "prune", f"output_dir={tmp_path / 'x'}", check=False)
+    assert proc.returncode == 1 and "the recipe lists no tasks" in proc.stderr
