@@ -27,9 +27,11 @@ def random_gates_like(gates: dict[str, torch.Tensor], seed: int = 0) -> dict[str
     return out
 
 
-def check_circuit(model, mask: NodeMask, gates: dict[str, torch.Tensor], heldout, target: float) -> dict:
+def check_circuit(model, mask: NodeMask, gates: dict[str, torch.Tensor], heldout, target: float,
+                  alone: dict[str, float] | None = None) -> dict:
+    """`alone`: the circuit's own held-out scores when the caller already has them (bisection does)."""
     kept = {key: gate.bool() for key, gate in gates.items()}
-    alone = scores_with_gates(model, mask, gates, heldout)
+    alone = alone or scores_with_gates(model, mask, gates, heldout)
     removed = scores_with_gates(model, mask, {k: 1 - g for k, g in gates.items()}, heldout)
     random = scores_with_gates(model, mask, random_gates_like(gates), heldout)
     return {

@@ -83,8 +83,8 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     curve = loss_edges_curve(model, mask, task.heldout)
     found = discretise(model, mask, task.heldout, cfg.target_loss)
     if found is not None:
-        gates, _ = found
-        circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss)
+        gates, scores = found  # bisection already scored this circuit on the held-out examples
+        circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss, alone=scores)
         circuit["fits_through_ablation"] = fits_through_ablation(circuit["loss"], full["loss"])
         result["circuit"] = circuit
     else:
