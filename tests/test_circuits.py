@@ -211,4 +211,4 @@ def test_listed_edges_agree_with_the_count_and_name_their_ends():
         assert kept[src][i] and kept[dst][j] and edge["weight"] != 0
         layer = src.split(".")[0]
         if dst.endswith("mlp"):  # read -> neuron: the c_fc weight at (i, j)
-            assert edge["weight"] == float(params[f"transformer.h.{layer}.mlp.c_fc.weight"][i, j])
+            assert edge["weight"] == float(params[f"transformer.h.{layer}.mlp.c_fc.weight"][i, j].detach())

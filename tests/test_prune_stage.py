@@ -68,8 +68,9 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
 
     model_dir, task_file = quote_model
     out = tmp_path / "pruned"
-    run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", model_dir, "--task", task_file,
+    args = ("--recipe", write_recipe(), "--stage", "prune", "--model", model_dir, "--task", task_file,
             f"output_dir={out}", *PRUNE)
+    run_cli(*args)
     report = json.loads((out / "report.json").read_text())
     entry = report["tasks"]["quotes"][str(model_dir)]
     assert entry["solved"] and entry["full_loss"] < 0.15
@@ -96,6 +97,14 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     recipe, _ = load_recipe(str(out / "recipe.yaml"))
     task = load_task(TaskFileRef(str(task_file)), AutoTokenizer.from_pretrained(model_dir), 64, recipe)
     assert scores_with_gates(model, mask, gates, task.heldout)["loss"] == pytest.approx(circuit["loss"], abs=1e-5)
+
+    # the same command again (as after an interruption) reuses the finished (task, model) result
+    rerun = run_cli(*args)
+    assert "done in an earlier run" in rerun.stderr and "prune quotes" not in rerun.stderr
+    assert json.loads((out / "report.json").read_text())["tasks"] == report["tasks"]
+    # other settings are other work: nothing is reused
+    changed = run_cli(*args, "prune.target_loss=0.1")
+    assert "done in an earlier run" not in changed.stderr
 
 
 def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_recipe, tmp_path, quote_model):

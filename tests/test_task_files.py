@@ -65,3 +65,20 @@ def test_unbalanced_and_too_small(tmp_path, tokenizer):
         load_task_file(_write(tmp_path, _rows(2)), tokenizer, max_context=256)
     with pytest.raises(TaskFileError, match="task file not found"):
         load_task_file(tmp_path / "nope.jsonl", tokenizer, max_context=256)
+
+
+def test_prompt_ending_inside_a_token_is_warned(tmp_path, tokenizer, caplog):
+    # `{'key'` + `:` is read as `{'`, `key`, `':` by this tokenizer: the prompt's last token is not a
+    # token of real text, so the file loads but the user is told which line to fix.
+    rows = _rows()
+    rows[0:2] = [{"prompt": "x = {'key'", "target": ":", "alternative": ","},
+                 {"prompt": "x = ['key'", "target": ",", "alternative": ":"}]
+    with caplog.at_level("WARNING", logger="extract.tasks.jsonl"):
+        load_task_file(_write(tmp_path, rows), tokenizer, max_context=256)
+    assert "2 of 24 prompts end inside a token (first: line 1)" in caplog.text
+    caplog.clear()
+    rows[0:2] = [{"prompt": "x = {'key", "target": "':", "alternative": "',"},
+                 {"prompt": "x = ['key", "target": "',", "alternative": "':"}]
+    with caplog.at_level("WARNING", logger="extract.tasks.jsonl"):
+        load_task_file(_write(tmp_path, rows), tokenizer, max_context=256)
+    assert "inside a token" not in caplog.text

@@ -87,6 +87,20 @@ def test_builtin_task_is_balanced_deterministic_and_split_by_source(tokenizer, n
     heldout = builtin_task(name, tokenizer, "heldout", 200)
     assert not {e.prompt_ids for e in train} & {e.prompt_ids for e in heldout}
     assert len({e.prompt_ids for e in train}) > 300  # varied, not one template repeated
+    for example in heldout[:50]:  # prompt + answer tokenises as the prompt's tokens, then the answer's
+        for answer in (example.target_id, example.alternative_id):
+            text = tokenizer.decode(list(example.prompt_ids) + [answer])
+            assert tokenizer(text, add_special_tokens=False)["input_ids"][: len(example.prompt_ids) + 1] == [
+                *example.prompt_ids, answer]
+
+
+def test_prompts_that_end_inside_a_token_are_skipped(tokenizer):
+    from extract.tasks.builtin import _example
+
+    # the tokenizer reads `{'key':` as `{'`, `key`, `':`, so a prompt ending at `'` is not real text
+    assert _example(tokenizer, "x = {'key'", ":", ",", None) is None
+    assert _example(tokenizer, "x = {'key", "':", "',", None) is not None
+    assert _example(tokenizer, "x = {'key", "':", "',", 2) is None  # longer than the context
 
 
 def test_identifier_pools_are_disjoint():

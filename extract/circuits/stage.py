@@ -7,8 +7,9 @@ folds them into report.json and report.md when a report exists.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from extract.train import MODEL_DIRNAME, prepare_heldout
 log = logging.getLogger(__name__)
 
 CIRCUITS_DIRNAME = "circuits"
+RESULTS_DIRNAME = "results"  # one finished (task, model) per file: what a rerun resumes from
 SUMMARY_FILE = "circuits.json"
 FILE_HELDOUT_FRACTION = 0.2
 RANDOM_INIT = "random_init"
@@ -81,10 +83,12 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path) -> dict[str, torch.Tensor]:
+def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path, fingerprint: str | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Mean activation per node on held-out pretraining text, cached by the weights' and the
     blocks' fingerprints (so a retrained model or other text never reuses stale means)."""
-    key = hashlib.sha256(weights_fingerprint(model).encode() + blocks.numpy().tobytes()).hexdigest()[:16]
+    fingerprint = fingerprint or weights_fingerprint(model)
+    key = hashlib.sha256(fingerprint.encode() + blocks.numpy().tobytes()).hexdigest()[:16]
     path = cache_dir / f"means-{key}.safetensors"
     if path.exists():
         return load_file(path)
@@ -124,6 +128,25 @@ def _mean_blocks(recipe: Recipe, tokenizer) -> torch.Tensor:
     return blocks[::step][: recipe.prune.mean_blocks]
 
 
+def result_key(recipe: Recipe, fingerprint: str, means: dict[str, torch.Tensor], data: TaskData) -> str:
+    """What a (task, model) result depends on: the pruning settings, the weights, the ablation
+    means and the held-out examples (which also pin a task file's contents and the generators)."""
+    digest = hashlib.sha256(json.dumps(asdict(recipe.prune), sort_keys=True).encode() + fingerprint.encode())
+    for name in sorted(means):
+        digest.update(means[name].numpy().tobytes())
+    digest.update(repr([(e.prompt_ids, e.target_id, e.alternative_id) for e in data.heldout]).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_result(path: Path, key: str) -> dict | None:
+    """A finished (task, model) from an earlier run of the same settings on the same model, or None."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if saved.get("key") == key else None
+
+
 def summarise(tasks: dict) -> dict:
     """Geometric-mean edges over the tasks for which both models have a sufficient circuit."""
     both = [t for t in tasks.values()
@@ -149,12 +172,22 @@ def prune_stage(recipe: Recipe) -> dict:
     for entry in models:
         sites = node_sites(entry.model)
         blocks = _mean_blocks(recipe, entry.tokenizer)
-        means = cached_means(entry.model, sites, blocks, out / "means")
+        fingerprint = weights_fingerprint(entry.model)
+        means = cached_means(entry.model, sites, blocks, out / "means", fingerprint)
         max_context = entry.model.config.n_positions
         for task in recipe.tasks:
             data = load_task(task, entry.tokenizer, max_context, recipe)
             if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
                 continue  # the control is for circuits the report claims, not for tasks no model does
+            result_path = out / RESULTS_DIRNAME / f"{data.name}.{_slug(entry.role)}.json"
+            key = result_key(recipe, fingerprint, means, data)
+            saved = load_result(result_path, key)
+            if saved is not None:  # a rerun after an interruption: this one is done
+                tasks.setdefault(data.name, {})[entry.role] = saved["result"]
+                curves.setdefault(data.name, {})[entry.role] = saved["curve"]
+                log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved["result"],
+                                                                      cfg.target_loss))
+                continue
             bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
             found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step,
                                  prune_unsolved=entry.role == RANDOM_INIT)
@@ -166,6 +199,8 @@ def prune_stage(recipe: Recipe) -> dict:
                 write_circuit(out / f"{data.name}.{_slug(entry.role)}.json", record)
                 if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
                     draw_circuit(record, out / f"{data.name}.{_slug(entry.role)}.png")
+            # written last, after the circuit files: its presence means this (task, model) is complete
+            checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
             log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
     result = {"target_loss": cfg.target_loss, "tasks": tasks, "summary": summarise(tasks)}
     checkpoints.write_json_atomic(out / SUMMARY_FILE, result)

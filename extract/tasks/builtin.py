@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from extract.tasks.examples import TaskExample, first_token_id
+from extract.tasks.examples import TaskExample, first_token_id, splits_at_prompt_end
 
 WORDS = """
 account address amount answer archive args array attempt base batch block body buffer cache callback
@@ -93,10 +93,11 @@ def set_or_string(names, rng):
 
 
 def bracket_brace(names, rng):
+    # The prompt stops before the closing quote: the tokenizer merges it with what follows (`':`, `',`).
     head, v, key = _function(names, rng), *names(2)
     q = rng.choice(["'", '"'])
-    prompt = head + f"    {v} = {{}}{q}{key}{q}"
-    return [(prompt.format("{"), ":", ","), (prompt.format("["), ",", ":")]
+    prompt = head + f"    {v} = {{}}{q}{key}"
+    return [(prompt.format("{"), q + ":", q + ","), (prompt.format("["), q + ",", q + ":")]
 
 
 def with_open(names, rng):
@@ -137,8 +138,10 @@ def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0,
                  max_len: int | None = None) -> list[TaskExample]:
     """`n_pairs` balanced pairs of task `name` for `split` ("train" or "heldout"), as token ids.
 
-    A pair whose target and alternative share a first token under this tokenizer, or with a prompt
-    longer than `max_len` tokens (the model's context), is skipped.
+    A pair is skipped when, under this tokenizer, target and alternative share a first token, a
+    prompt is longer than `max_len` tokens (the model's context), a prompt does not end on a token
+    boundary (see `splits_at_prompt_end`), or an answer that is not blank starts with a blank token
+    (` queue_x` split as ` ` + `queue`: the choice would be about a space).
     """
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r} (built-in tasks: {', '.join(TASKS)})")
@@ -148,11 +151,21 @@ def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0,
     attempts = 0
     while len(examples) < 2 * n_pairs and attempts < 4 * n_pairs:
         attempts += 1
-        pair = []
-        for prompt, target, alternative in TASKS[name](names, rng):
-            t, a = first_token_id(tokenizer, target), first_token_id(tokenizer, alternative)
-            pair.append(TaskExample(tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"]), t, a))
-        if all(e.target_id != e.alternative_id and len(e.prompt_ids) <= (max_len or len(e.prompt_ids))
-               for e in pair):
+        pair = [_example(tokenizer, *triple, max_len) for triple in TASKS[name](names, rng)]
+        if all(pair):
             examples += pair
     return examples
+
+
+def _example(tokenizer, prompt: str, target: str, alternative: str, max_len: int | None) -> TaskExample | None:
+    """The example as token ids, or None when it fails one of `builtin_task`'s rules."""
+    ids = tuple(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    t, a = first_token_id(tokenizer, target), first_token_id(tokenizer, alternative)
+    if t == a or (max_len is not None and len(ids) > max_len):
+        return None
+    for answer, token in ((target, t), (alternative, a)):
+        if not splits_at_prompt_end(tokenizer, prompt, ids, answer):
+            return None
+        if answer.strip() and not tokenizer.decode([token]).strip():
+            return None
+    return TaskExample(ids, t, a)

@@ -21,6 +21,16 @@ def first_token_id(tokenizer, text: str) -> int | None:
     return ids[0] if ids else None
 
 
+def splits_at_prompt_end(tokenizer, prompt: str, prompt_ids, answer: str) -> bool:
+    """True when `prompt + answer` tokenises as the prompt's own tokens followed by the answer's first
+    token. Otherwise the prompt ends inside a token the model would see in real text (for example
+    `{'key'` + `:` where the corpus has the single token `':`), and the two-way choice asks the model
+    about a token sequence it never saw."""
+    ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    return tuple(ids[:n]) == tuple(prompt_ids) and len(ids) > n and ids[n] == first_token_id(tokenizer, answer)
+
+
 def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) -> torch.Tensor:
     """Logits at each prompt's last token. Prompts are left-padded, with an attention mask and
     position ids that start at 0 on the first real token, so absolute positions are unchanged."""

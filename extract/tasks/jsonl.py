@@ -8,10 +8,13 @@ answering one token.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
-from extract.tasks.examples import TaskExample, first_token_id
+from extract.tasks.examples import TaskExample, first_token_id, splits_at_prompt_end
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "target", "alternative")
 MIN_EXAMPLES = 20
@@ -34,6 +37,7 @@ def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: 
     if not path.is_file():
         raise TaskFileError(f"{path}: task file not found")
     examples = []
+    mid_token: list[int] = []  # lines whose prompt ends inside a token of prompt + answer
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         where = f"{path}:{number}"
         if not line.strip():
@@ -61,6 +65,8 @@ def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: 
         if len(prompt) > max_context:
             raise TaskFileError(f"{where}: prompt is {len(prompt)} tokens, longer than the model's context "
                                 f"of {max_context}")
+        if not all(splits_at_prompt_end(tokenizer, row["prompt"], prompt, row[f]) for f in ("target", "alternative")):
+            mid_token.append(number)
         examples.append(TaskExample(tuple(prompt), target, alternative))
     if len(examples) < min_examples:
         raise TaskFileError(f"{path}: {len(examples)} examples; at least {min_examples} are needed to hold some out")
@@ -70,4 +76,11 @@ def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: 
             names = tokenizer.convert_ids_to_tokens([a, b])
             raise TaskFileError(f"{path}: unbalanced: {count} examples answer {names[0]!r} over {names[1]!r} but "
                                 f"{pairs.get((b, a), 0)} answer {names[1]!r} over {names[0]!r}")
+    if mid_token:
+        # A warning, not an error: the comparison is still defined, but the model is asked about a
+        # token split it never sees in real text, which usually makes the task look harder than it is.
+        log.warning("%s: %d of %d prompts end inside a token (first: line %d): the tokenizer merges the "
+                    "prompt's end with the target or alternative, e.g. `{'key'` + `:` is read as `':`. "
+                    "End the prompt earlier and move those characters into target and alternative.",
+                    path, len(mid_token), len(examples), mid_token[0])
     return examples
