@@ -104,7 +104,10 @@ def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
     if circuit.get("fits_through_ablation"):
         verdict += " (fits through ablation)"
-    return [full, str(circuit["nodes"]), f"{circuit['edges']:,}", f"{circuit['loss']:.3f}",
+    loss = f"{circuit['loss']:.3f}"
+    if circuit.get("calibrated_loss") is not None:
+        loss += f" ({circuit['calibrated_loss']:.3f})"
+    return [full, str(circuit["nodes"]), f"{circuit['edges']:,}", loss,
             f"{circuit['ablated_loss']:.3f}", f"{circuit['random_loss']:.3f}", verdict]
 
 
@@ -129,8 +132,11 @@ def report_markdown(report: dict) -> str:
         lines += ["## Circuits", "",
                   f"Target task loss {target}. Sufficient: the circuit alone (everything else mean-ablated) reaches "
                   f"the target. Necessary: ablating only the circuit raises the loss to at least ln(2)/2. Random: "
-                  "a circuit with as many nodes at every site, chosen at random (it should miss the target).", "",
-                  "| task | model | full loss / acc | nodes | edges | circuit loss | ablated loss | random loss "
+                  "a circuit with as many nodes at every site, chosen at random (it should miss the target). In "
+                  "brackets: the circuit's loss after fitting a scale and a shift of its final logits on training "
+                  "examples (reported only; the checks use the raw loss).", "",
+                  "| task | model | full loss / acc | nodes | edges | circuit loss (calibrated) | ablated loss "
+                  "| random loss "
                   "| sufficient / necessary |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, by_role in tasks.items():
             for role, entry in by_role.items():

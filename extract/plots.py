@@ -52,6 +52,34 @@ def plot_training(log_path: Path, png_path: Path) -> None:
     _save(fig, png_path)
 
 
+def plot_runs(runs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
+    """Several training runs on one picture: held-out loss (points) over smoothed train KL or CE,
+    and their density schedules. `runs` maps a label to a run's output directory."""
+    fig, (ax_loss, ax_density) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
+                                              gridspec_kw={"height_ratios": [2, 1]})
+    for (label, run_dir), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        rows = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+        evals = [r for r in rows if "heldout_loss" in r]
+        ax_loss.plot([r["step"] for r in evals], [r["heldout_loss"] for r in evals], "o-", color=colour,
+                     label=f"{label}: held-out {evals[-1]['heldout_loss']:.3f}" if evals else label)
+        train = [r for r in rows if r.get("ce") is not None]
+        if train:
+            values = [r["ce"] for r in train]
+            smoothed = [sum(values[max(0, i - smooth + 1): i + 1]) / len(values[max(0, i - smooth + 1): i + 1])
+                        for i in range(len(values))]
+            ax_loss.plot([r["step"] for r in train], smoothed, color=colour, alpha=0.3)
+        ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows], color=colour, label=label)
+    ax_loss.set_ylabel("CE, nats / token (faint: train)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_density.set_yscale("log")
+    ax_density.set_ylabel("density (scheduled)")
+    ax_density.set_xlabel("optimizer step")
+    ax_density.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    _save(fig, png_path)
+
+
 def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, png_path: Path) -> None:
     """One panel per task: held-out task loss of the top-k circuits against their edge count, for
     every model pruned. The circuit sizes at the target line are the report's numbers."""

@@ -212,3 +212,22 @@ def test_listed_edges_agree_with_the_count_and_name_their_ends():
         layer = src.split(".")[0]
         if dst.endswith("mlp"):  # read -> neuron: the c_fc weight at (i, j)
             assert edge["weight"] == float(params[f"transformer.h.{layer}.mlp.c_fc.weight"][i, j].detach())
+
+
+def test_logit_calibration_fits_scale_and_shift():
+    from extract.circuits.calibrate import calibrated_loss, fit_calibration
+    from extract.tasks.examples import TaskExample
+
+    # Right answers with tiny margins (a shrunken circuit): the raw loss is near ln 2, and a scale
+    # fitted on the same examples brings it close to 0.
+    examples = [TaskExample((1,), 5, 6), TaskExample((2,), 6, 5)] * 20
+    logits = torch.tensor([[0.05, 0.0], [0.05, 0.0]] * 20)
+    raw = float(-torch.log_softmax(logits, dim=1)[:, 0].mean())
+    fitted = fit_calibration(logits, examples)
+    assert raw > 0.6 and fitted.scale > 10
+    assert calibrated_loss(fitted, logits, examples) < 0.05
+    # A shifted circuit (token 5 always favoured by 2): the shift undoes it, the scale alone cannot.
+    logits = torch.tensor([[3.0, 0.0], [-1.0, 0.0]] * 20)  # target 5: +3; target 6: 6 is behind by 1
+    fitted = fit_calibration(logits, examples)
+    assert fitted.shift[6] - fitted.shift[5] > 1.0
+    assert calibrated_loss(fitted, logits, examples) < 0.1

@@ -77,6 +77,7 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     circuit = entry["circuit"]
     assert circuit["sufficient"] and circuit["necessary"] and circuit["loss"] <= 0.15
     assert circuit["random_loss"] > 0.15  # the control: as many nodes per site, at random, fail
+    assert 0 <= circuit["calibrated_loss"] < 0.693 and circuit["calibration"]["scale"] > 0  # reported beside
     assert 0 < circuit["nodes"] < entry["mask_kept_nodes"] <= 2 * (4 * 32 + 3 * 32 + 128)
     assert "quotes" in (out / "report.md").read_text()
     assert (out / "circuits" / "loss_vs_edges.png").stat().st_size > 0

@@ -60,6 +60,14 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
     assert log[-1]["density"] == pytest.approx(0.125)
 
+    # runs compare on one picture; a directory without a training log is named
+    compare = [sys.executable, str(ROOT / "scripts" / "compare_runs.py")]
+    subprocess.run([*compare, f"tiny={out}", "--out", str(tmp_path / "runs.png")], check=True, cwd=ROOT)
+    assert (tmp_path / "runs.png").stat().st_size > 1000
+    bad = subprocess.run([*compare, f"none={tmp_path}", "--out", str(tmp_path / "x.png")], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "with a train_log.jsonl in it" in bad.stderr
+
     # rerunning a finished run does no training and rewrites the same report
     again = run_cli("--recipe", recipe)
     assert "skipping training" in again.stdout

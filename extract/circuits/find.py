@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from extract.circuits.calibrate import calibrate_circuit
 from extract.circuits.checks import check_circuit
 from extract.circuits.edges import count_edges
 from extract.circuits.masks import NodeMask
@@ -86,6 +87,8 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
         gates, scores = found  # bisection already scored this circuit on the held-out examples
         circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss, alone=scores)
         circuit["fits_through_ablation"] = fits_through_ablation(circuit["loss"], full["loss"])
+        calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.heldout)
+        circuit["calibrated_loss"], circuit["calibration"] = calibrated, calibration.as_dict()
         result["circuit"] = circuit
     else:
         gates = None

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import checkpoints
-from extract.circuits.files import circuit_record, write_circuit
+from extract.circuits.files import FORMAT_VERSION, circuit_record, write_circuit
 from extract.circuits.find import TaskData, find_circuit, geometric_mean
 from extract.circuits.sites import node_sites, site_means
 from extract.models import load_model, load_tokenizer
@@ -129,9 +129,11 @@ def _mean_blocks(recipe: Recipe, tokenizer) -> torch.Tensor:
 
 
 def result_key(recipe: Recipe, fingerprint: str, means: dict[str, torch.Tensor], data: TaskData) -> str:
-    """What a (task, model) result depends on: the pruning settings, the weights, the ablation
-    means and the held-out examples (which also pin a task file's contents and the generators)."""
-    digest = hashlib.sha256(json.dumps(asdict(recipe.prune), sort_keys=True).encode() + fingerprint.encode())
+    """What a (task, model) result depends on: the circuit file format (bumped when the results
+    change shape), the pruning settings, the weights, the ablation means and the held-out examples
+    (which also pin a task file's contents and the generators)."""
+    settings = json.dumps({"format": FORMAT_VERSION, **asdict(recipe.prune)}, sort_keys=True)
+    digest = hashlib.sha256(settings.encode() + fingerprint.encode())
     for name in sorted(means):
         digest.update(means[name].numpy().tobytes())
     digest.update(repr([(e.prompt_ids, e.target_id, e.alternative_id) for e in data.heldout]).encode())
@@ -237,7 +239,9 @@ def circuit_line(task: str, role: str, result: dict, target: float) -> str:
     circuit = result["circuit"]
     if circuit is None:
         return head + f"; no circuit reaches {target}"
-    return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}, "
+    calibrated = circuit.get("calibrated_loss")
+    return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}"
+                   + ("" if calibrated is None else f" ({calibrated:.3f} calibrated)") + ", "
                    f"ablated {circuit['ablated_loss']:.3f}, random {circuit['random_loss']:.3f}"
                    + ("" if circuit["sufficient"] and circuit["necessary"] else " (check failed)")
                    + (" [fits through ablation]" if circuit["fits_through_ablation"] else ""))
