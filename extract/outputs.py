@@ -9,9 +9,9 @@ from extract import checkpoints
 from extract.recipe import Recipe, RecipeError
 
 RECIPE_FILE = "recipe.yaml"
-# Keys that only change which circuits are pruned, never the trained model: a different task list
-# may reuse an output_dir.
-CIRCUIT_ONLY_KEYS = ("tasks", "prune.")
+# Keys that never change the trained model: which circuits are pruned (a different task list may
+# reuse an output_dir), and where the directory is (a moved or copied run is still the same run).
+KEYS_THAT_KEEP_THE_MODEL = ("tasks", "prune.", "output_dir")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -34,7 +34,7 @@ def save_recipe(recipe: Recipe, out: Path) -> None:
         saved = yaml.safe_load(path.read_text()) or {}
         flat_saved, flat_now = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
         changed = sorted(k for k in flat_saved.keys() | flat_now.keys()
-                         if flat_saved.get(k) != flat_now.get(k) and not k.startswith(CIRCUIT_ONLY_KEYS))
+                         if flat_saved.get(k) != flat_now.get(k) and not k.startswith(KEYS_THAT_KEEP_THE_MODEL))
         if changed:
             raise RecipeError(
                 f"{path}: output_dir holds a run of a different recipe (differs in {', '.join(changed)}); "

@@ -53,8 +53,9 @@ def plot_training(log_path: Path, png_path: Path) -> None:
 
 
 def plot_runs(runs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
-    """Several training runs on one picture: held-out loss (points) over smoothed train KL or CE,
-    and their density schedules. `runs` maps a label to a run's output directory."""
+    """Several training runs on one picture: held-out loss (points) over their train CE (a
+    moving average of `smooth` log lines), and their density schedules. `runs` maps a label to a
+    run's output directory."""
     fig, (ax_loss, ax_density) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
                                               gridspec_kw={"height_ratios": [2, 1]})
     for (label, run_dir), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
@@ -64,9 +65,8 @@ def plot_runs(runs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
                      label=f"{label}: held-out {evals[-1]['heldout_loss']:.3f}" if evals else label)
         train = [r for r in rows if r.get("ce") is not None]
         if train:
-            values = [r["ce"] for r in train]
-            smoothed = [sum(values[max(0, i - smooth + 1): i + 1]) / len(values[max(0, i - smooth + 1): i + 1])
-                        for i in range(len(values))]
+            windows = [train[max(0, i - smooth + 1): i + 1] for i in range(len(train))]
+            smoothed = [sum(r["ce"] for r in w) / len(w) for w in windows]
             ax_loss.plot([r["step"] for r in train], smoothed, color=colour, alpha=0.3)
         ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows], color=colour, label=label)
     ax_loss.set_ylabel("CE, nats / token (faint: train)")

@@ -33,17 +33,13 @@ class Calibration:
 def answer_logits(model, mask: NodeMask, gates: dict[str, torch.Tensor], examples: list[TaskExample],
                   batch_size: int = 64) -> torch.Tensor:
     """(n, 2) final logits of the target and the alternative with only the circuit kept."""
-    mask.override = gates
     rows = []
-    try:
-        with mask.applied(model):
-            for start in range(0, len(examples), batch_size):
-                batch = examples[start : start + batch_size]
-                last = last_position_logits(model, batch)
-                index = torch.tensor([[e.target_id, e.alternative_id] for e in batch], device=last.device)
-                rows.append(last.gather(1, index).cpu())
-    finally:
-        mask.override = None
+    with mask.with_gates(model, gates):
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            last = last_position_logits(model, batch)
+            index = torch.tensor([[e.target_id, e.alternative_id] for e in batch], device=last.device)
+            rows.append(last.gather(1, index).cpu())
     return torch.cat(rows)
 
 

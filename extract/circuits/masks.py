@@ -6,6 +6,8 @@ so a kept node is exactly untouched and a removed one is held at its mean activa
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from extract.circuits.sites import Site, hooked
@@ -75,3 +77,13 @@ class NodeMask(torch.nn.Module):
     def applied(self, model):
         """Context manager: the model runs with this mask inside the block."""
         return hooked(model, self.sites, self.edit)
+
+    @contextmanager
+    def with_gates(self, model, gates: dict[str, torch.Tensor]):
+        """Context manager: the model runs with fixed 0/1 `gates` (a discrete circuit) instead of the taus."""
+        self.override = gates
+        try:
+            with self.applied(model):
+                yield
+        finally:
+            self.override = None

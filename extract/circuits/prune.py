@@ -48,12 +48,8 @@ def top_k_gates(mask: NodeMask, k: int, candidates: torch.Tensor) -> dict[str, t
 
 
 def scores_with_gates(model, mask: NodeMask, gates: dict[str, torch.Tensor], examples) -> dict[str, float]:
-    mask.override = gates
-    try:
-        with mask.applied(model):
-            return two_way_scores(model, examples)
-    finally:
-        mask.override = None
+    with mask.with_gates(model, gates):
+        return two_way_scores(model, examples)
 
 
 def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
