@@ -40,10 +40,15 @@ def plot_training(log_path: Path, png_path: Path) -> None:
         ax_loss.plot([r["step"] for r in evals], [r["heldout_loss"] for r in evals], "o-", label="held-out CE")
     if any(r.get("kl") is not None for r in train):
         ax_loss.plot([r["step"] for r in train], [r["kl"] for r in train], label="train KL to dense", alpha=0.6)
-    ax_loss.set_ylabel("nats / token")
+    ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows])
+    _finish_loss_and_density(fig, ax_loss, ax_density, "nats / token", png_path)
+
+
+def _finish_loss_and_density(fig, ax_loss, ax_density, loss_label: str, png_path: Path) -> None:
+    """The shared styling of a loss panel over a log-density panel, then save."""
+    ax_loss.set_ylabel(loss_label)
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows])
     ax_density.set_yscale("log")
     ax_density.set_ylabel("density (scheduled)")
     ax_density.set_xlabel("optimizer step")
@@ -69,15 +74,7 @@ def plot_runs(runs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
             smoothed = [sum(r["ce"] for r in w) / len(w) for w in windows]
             ax_loss.plot([r["step"] for r in train], smoothed, color=colour, alpha=0.3)
         ax_density.plot([r["step"] for r in rows], [r["density"] for r in rows], color=colour, label=label)
-    ax_loss.set_ylabel("CE, nats / token (faint: train)")
-    ax_loss.legend()
-    ax_loss.grid(alpha=0.3)
-    ax_density.set_yscale("log")
-    ax_density.set_ylabel("density (scheduled)")
-    ax_density.set_xlabel("optimizer step")
-    ax_density.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    _save(fig, png_path)
+    _finish_loss_and_density(fig, ax_loss, ax_density, "CE, nats / token (faint: train)", png_path)
 
 
 def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, png_path: Path) -> None:
