@@ -29,6 +29,11 @@ class Calibration:
         return {"scale": self.scale, "shift": {str(t): b for t, b in sorted(self.shift.items())}}
 
 
+def _answer_tokens(examples: list[TaskExample]) -> torch.Tensor:
+    """(n, 2) token ids: the target in column 0, the alternative in column 1."""
+    return torch.tensor([[e.target_id, e.alternative_id] for e in examples])
+
+
 @torch.no_grad()
 def answer_logits(model, mask: NodeMask, gates: dict[str, torch.Tensor], examples: list[TaskExample],
                   batch_size: int = 64) -> torch.Tensor:
@@ -38,8 +43,7 @@ def answer_logits(model, mask: NodeMask, gates: dict[str, torch.Tensor], example
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             last = last_position_logits(model, batch)
-            index = torch.tensor([[e.target_id, e.alternative_id] for e in batch], device=last.device)
-            rows.append(last.gather(1, index).cpu())
+            rows.append(last.gather(1, _answer_tokens(batch).to(last.device)).cpu())
     return torch.cat(rows)
 
 
@@ -50,7 +54,7 @@ def _loss(logits: torch.Tensor, tokens: torch.Tensor, scale, shift_of) -> torch.
 
 
 def fit_calibration(logits: torch.Tensor, examples: list[TaskExample], steps: int = FIT_STEPS) -> Calibration:
-    tokens = torch.tensor([[e.target_id, e.alternative_id] for e in examples])
+    tokens = _answer_tokens(examples)
     vocab = sorted(set(tokens.flatten().tolist()))
     column = {t: i for i, t in enumerate(vocab)}
     local = tokens.clone().apply_(column.__getitem__)
@@ -70,7 +74,7 @@ def fit_calibration(logits: torch.Tensor, examples: list[TaskExample], steps: in
 
 
 def calibrated_loss(calibration: Calibration, logits: torch.Tensor, examples: list[TaskExample]) -> float:
-    tokens = torch.tensor([[e.target_id, e.alternative_id] for e in examples])
+    tokens = _answer_tokens(examples)
     shift = tokens.clone().float().apply_(lambda t: calibration.shift.get(int(t), 0.0))
     return float(_loss(logits, tokens, calibration.scale, lambda _: shift))
 
