@@ -56,7 +56,10 @@ class SparsityConfig:
     min_per_unit: int = 4  # the paper's j: nonzeros kept per neuron / q,k,v channel / value channel
     anneal_fraction: float = 0.5
     anneal_shape: Literal["linear", "log", "cubic"] = "cubic"  # measured best on the shipped model (README)
-    sharkfin: bool = True  # lr *= sqrt(target_density / current_density)
+    sharkfin: bool = True  # lr *= (target_density / current_density) ** sharkfin_power
+    # The paper's 0.5 (a square root). Larger keeps the lr lower while the model is still dense,
+    # where a fine-tuned checkpoint has nothing to relearn.
+    sharkfin_power: float = 0.5
     embeddings: bool = True  # sparsify token and position embeddings too
     # Density of the token and position embeddings; the matrices then share the rest of the budget,
     # so the density over all sparsified tensors is still target_density. None: every tensor alike.
@@ -245,6 +248,7 @@ def validate(recipe: Recipe) -> None:
            "needs sparsity.embeddings: true", s.embedding_density)
     _check(s.min_per_unit >= 0, "sparsity.min_per_unit", "must be >= 0", s.min_per_unit)
     _check(0 <= s.anneal_fraction <= 1, "sparsity.anneal_fraction", "must be in [0, 1]", s.anneal_fraction)
+    _check(s.sharkfin_power >= 0, "sparsity.sharkfin_power", "must be >= 0", s.sharkfin_power)
     _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "must be a positive number", o.lr)
     _check(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)", o.betas)
     _check(o.eps > 0, "optim.eps", "must be > 0", o.eps)

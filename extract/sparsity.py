@@ -122,9 +122,10 @@ def base_lr_factor(progress: float, warmup_fraction: float) -> float:
     return max(0.0, (1.0 - progress) / (1.0 - warmup_fraction))
 
 
-def sharkfin_factor(current_density: float, target_density: float) -> float:
-    """sqrt(target / current): small while still dense, 1 once the target is reached."""
-    return math.sqrt(target_density / current_density)
+def sharkfin_factor(current_density: float, target_density: float, power: float = 0.5) -> float:
+    """(target / current) ** power (the paper: a square root): small while still dense, 1 once the
+    target is reached."""
+    return (target_density / current_density) ** power
 
 
 @torch.no_grad()

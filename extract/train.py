@@ -275,7 +275,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
         density = density_at(progress, s.target_density, s.anneal_fraction, s.anneal_shape) if targets else 1.0
         lr = recipe.optim.lr * base_lr_factor(state.step / t.steps, recipe.optim.warmup_fraction)
         if targets and s.sharkfin:
-            lr *= sharkfin_factor(density, s.target_density)
+            lr *= sharkfin_factor(density, s.target_density, s.sharkfin_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
 

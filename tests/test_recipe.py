@@ -43,6 +43,7 @@ def _write(tmp_path, text):
         ("tasks: [with_open, with_open]\n", "tasks[1]: listed twice"),
         ("prune:\n  target_loss: 0.9\n", "prune.target_loss: must be in (0, ln 2)"),
         ("sparsity:\n  embedding_density: 2\n", "sparsity.embedding_density: must be in (0, 1] or null"),
+        ("sparsity:\n  sharkfin_power: -1\n", "sparsity.sharkfin_power: must be >= 0, got -1.0"),
         ("train: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "a recipe must be a mapping"),
     ],

@@ -115,6 +115,9 @@ def test_learning_rate_schedule_and_sharkfin():
     assert base_lr_factor(1.0, 0.1) == pytest.approx(0.0)
     assert sharkfin_factor(1.0, 1 / 64) == pytest.approx(1 / 8)
     assert sharkfin_factor(1 / 64, 1 / 64) == pytest.approx(1.0)
+    assert sharkfin_factor(1.0, 1 / 64, power=1.0) == pytest.approx(1 / 64)
+    assert sharkfin_factor(1 / 16, 1 / 64, power=1.0) == pytest.approx(1 / 4)
+    assert sharkfin_factor(1 / 64, 1 / 64, power=1.0) == pytest.approx(1.0)
 
 
 def test_gradients_rescaled_to_unit_rms():
