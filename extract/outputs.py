@@ -22,6 +22,11 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
+def _plain(data: dict) -> dict:
+    """What the dict reads back as from YAML (tuples become lists), so it compares with a saved file."""
+    return yaml.safe_load(yaml.safe_dump(data))
+
+
 def recipe_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
@@ -32,7 +37,10 @@ def save_recipe(recipe: Recipe, out: Path) -> None:
     current = recipe.to_dict()
     if path.exists():
         saved = yaml.safe_load(path.read_text()) or {}
-        flat_saved, flat_now = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
+        flat_saved, flat_now = _flatten(saved), _flatten(_plain(current))
+        # A run saved before a field existed ran with that field's default.
+        defaults = _flatten(_plain(Recipe().to_dict()))
+        flat_saved = {**{k: v for k, v in defaults.items() if k in flat_now}, **flat_saved}
         changed = sorted(k for k in flat_saved.keys() | flat_now.keys()
                          if flat_saved.get(k) != flat_now.get(k) and not k.startswith(KEYS_THAT_KEEP_THE_MODEL))
         if changed:

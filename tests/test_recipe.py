@@ -88,3 +88,21 @@ def test_cli_rejects_bad_recipe_before_any_work(tmp_path):
 def test_cli_help_lists_recipes():
     proc = run_cli("--help")
     assert "tiny-python" in proc.stdout and "gpt2-small" in proc.stdout and "key=value" in proc.stdout
+
+
+def test_saved_recipe_from_before_a_new_field_still_matches(tmp_path):
+    """A run saved by an older version lacks the fields added since; it ran with their defaults."""
+    from extract.outputs import RECIPE_FILE, save_recipe
+
+    recipe, _ = load_recipe("tiny-python", [f"output_dir={tmp_path}"])
+    save_recipe(recipe, tmp_path)
+    saved = yaml.safe_load((tmp_path / RECIPE_FILE).read_text())
+    del saved["sparsity"]["sharkfin_power"]  # as written before the field existed
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
+    save_recipe(recipe, tmp_path)  # same run: accepted
+
+    changed, _ = load_recipe("tiny-python", [f"output_dir={tmp_path}", "sparsity.sharkfin_power=1.0"])
+    del saved["sparsity"]["anneal_shape"]  # missing and at its default: still no difference there
+    (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
+    with pytest.raises(RecipeError, match=r"differs in sparsity\.sharkfin_power\)"):
+        save_recipe(changed, tmp_path)
