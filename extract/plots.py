@@ -27,11 +27,16 @@ def _save(fig, png_path: Path, dpi: int = 110) -> None:
     tmp.replace(png_path)
 
 
+def _read_log(log_path: Path) -> list[dict]:
+    """The rows of a training log (one JSON object per logged step)."""
+    return [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+
+
 def plot_training(log_path: Path, png_path: Path) -> None:
     """Loss, KL and density against step: the picture that shows where the anneal hurts."""
     if not Path(log_path).exists():
         return
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines()]
+    rows = _read_log(log_path)
     fig, (ax_loss, ax_density) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     train = [r for r in rows if "ce" in r]
     evals = [r for r in rows if "heldout_loss" in r]
@@ -57,14 +62,14 @@ def _finish_loss_and_density(fig, ax_loss, ax_density, loss_label: str, png_path
     _save(fig, png_path)
 
 
-def plot_runs(runs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
+def plot_runs(logs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
     """Several training runs on one picture: held-out loss (points) over their train CE (a
-    moving average of `smooth` log lines), and their density schedules. `runs` maps a label to a
-    run's output directory."""
+    moving average of `smooth` log lines), and their density schedules. `logs` maps a label to a
+    run's training log."""
     fig, (ax_loss, ax_density) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True,
                                               gridspec_kw={"height_ratios": [2, 1]})
-    for (label, run_dir), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        rows = [json.loads(line) for line in (Path(run_dir) / "train_log.jsonl").read_text().splitlines()]
+    for (label, log_path), colour in zip(logs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        rows = _read_log(log_path)
         evals = [r for r in rows if "heldout_loss" in r]
         ax_loss.plot([r["step"] for r in evals], [r["heldout_loss"] for r in evals], "o-", color=colour,
                      label=f"{label}: held-out {evals[-1]['heldout_loss']:.3f}" if evals else label)

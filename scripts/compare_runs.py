@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from extract.plots import plot_runs
+from extract.train import TRAIN_LOG
 
 
 def main() -> None:
@@ -15,13 +16,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", metavar="LABEL=OUTPUT_DIR")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     args = parser.parse_args()
-    runs = {}
+    logs = {}
     for item in args.runs:
         label, sep, path = item.partition("=")
-        if not sep or not (Path(path) / "train_log.jsonl").is_file():
-            parser.error(f"{item!r}: expected LABEL=OUTPUT_DIR with a train_log.jsonl in it")
-        runs[label] = Path(path)
-    plot_runs(runs, args.out)
+        if not sep or not (Path(path) / TRAIN_LOG).is_file():
+            parser.error(f"{item!r}: expected LABEL=OUTPUT_DIR with a {TRAIN_LOG} in it")
+        logs[label] = Path(path) / TRAIN_LOG
+    plot_runs(logs, args.out)
     print(f"wrote {args.out}")
 
 

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,7 +185,6 @@ def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path)
     proc = run_cli("--recipe", write_recipe(), "train.steps=8", check=False)
     assert proc.returncode == 1 and "differs in train.steps" in proc.stderr
     # a copied run is the same run: its new place is not a difference
-    import shutil
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "out", moved)
     run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4", f"output_dir={moved}")
