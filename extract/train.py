@@ -99,14 +99,15 @@ def prepare_data(recipe: Recipe, tokenizer):
 def token_losses(model, input_ids: torch.Tensor, teacher=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean next-token cross-entropy and, with a teacher, mean KL(teacher || model) per token."""
     logits = model(input_ids=input_ids).logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    vocab = logits.size(-1)
+    # one log-softmax serves both losses (cross_entropy would compute its own)
+    student_logp = F.log_softmax(logits, dim=-1).reshape(-1, vocab)
+    ce = F.nll_loss(student_logp, input_ids[:, 1:].reshape(-1))
     if teacher is None:
         return ce, None
     with torch.no_grad():
         teacher_logits = teacher(input_ids=input_ids).logits[:, :-1].float()
-    student_logp = F.log_softmax(logits, dim=-1).reshape(-1, logits.size(-1))
-    teacher_logp = F.log_softmax(teacher_logits, dim=-1).reshape(-1, logits.size(-1))
+        teacher_logp = F.log_softmax(teacher_logits, dim=-1).reshape(-1, vocab)
     kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
     return ce, kl
 

@@ -243,3 +243,29 @@ def test_heldout_blocks_are_spread_over_the_split():
     picked = heldout_tensor(blocks, 4)[:, 0].tolist()
     assert picked == [0, 25, 50, 75]
     assert heldout_tensor(blocks, 500).shape == (100, 2)  # never more than there is
+
+
+def test_token_losses_are_cross_entropy_and_kl_to_the_teacher(tiny_model_dir):
+    import torch.nn.functional as F
+
+    from extract.train import token_losses
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        other.transformer.h[0].mlp.c_fc.weight.mul_(3.0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    logits = model(input_ids=ids).logits[:, :-1]
+    expected_ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
+
+    ce, kl = token_losses(model, ids, teacher=model)
+    assert torch.allclose(ce, expected_ce, atol=1e-5)
+    assert abs(float(kl)) < 1e-5  # a model is its own teacher: nothing to distil
+
+    teacher_logp = F.log_softmax(other(input_ids=ids).logits[:, :-1], -1)
+    student_logp = F.log_softmax(logits, -1)
+    expected_kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean()
+    _, kl = token_losses(model, ids, teacher=other)
+    assert float(kl) > 1e-4 and torch.allclose(kl, expected_kl, atol=1e-5)
+    assert token_losses(model, ids)[1] is None
