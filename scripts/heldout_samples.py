@@ -14,14 +14,10 @@ import dataclasses
 
 import torch
 
-from extract.data import pack_blocks
+from extract.data import heldout_tensor, pack_blocks
 from extract.models import load_model, load_tokenizer
 from extract.recipe import load_recipe
 from extract.train import heldout_metrics, prepare_data
-
-
-def spread(blocks, n: int) -> torch.Tensor:
-    return torch.tensor(blocks.select([i * len(blocks) // n for i in range(n)])["input_ids"])
 
 
 def main() -> None:
@@ -40,7 +36,7 @@ def main() -> None:
     first = pack_blocks(heldout_texts, tokenizer, recipe.data.block_size, recipe.data.text_column).select(range(n))
     samples = {f"held-out, {n} spread blocks (the recipe's)": heldout,
                f"held-out, first {n} blocks": torch.tensor(first["input_ids"]),
-               f"training, {n} spread blocks": spread(train_blocks, n)}
+               f"training, {n} spread blocks": heldout_tensor(train_blocks, n)}
     for name, blocks in samples.items():
         print(f"{name}: {heldout_metrics(model, blocks)['loss']:.4f}")
 
