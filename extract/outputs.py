@@ -100,6 +100,17 @@ def _number(value, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def penalties_tried(entry: dict) -> list[str]:
+    """The pruning penalties (k_coef) a (task, model) entry's masks were trained with, in order."""
+    return [f"{a['k_coef']:g}" for a in entry.get("attempts", [])]
+
+
+def retry_note(entry: dict) -> str:
+    """'' when the first penalty found the circuit, else which one did and which missed before it."""
+    tried = penalties_tried(entry)
+    return f"k_coef {tried[-1]} after {', '.join(tried[:-1])} missed" if len(tried) > 1 else ""
+
+
 def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     if not entry:
         return ["-"] * 7
@@ -107,11 +118,14 @@ def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     circuit = entry.get("circuit")
     if circuit is None:
         pruned = "reached_target" in entry  # the random-init control is pruned even though unsolved
-        why = f"pruned: no circuit reaches {target}" if pruned else "not solved by the full model"
+        why = (f"pruned: no circuit reaches {target} (k_coef {', '.join(penalties_tried(entry))})" if pruned
+               else "not solved by the full model")
         return [full, why, "", "", "", "", ""]
     verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
     if circuit.get("fits_through_ablation"):
         verdict += " (fits through ablation)"
+    if retry_note(entry):
+        verdict += f"; {retry_note(entry)}"
     loss = f"{circuit['loss']:.3f}"
     if circuit.get("calibrated_loss") is not None:
         loss += f" ({circuit['calibrated_loss']:.3f})"

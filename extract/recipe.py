@@ -110,13 +110,16 @@ class TaskFileRef:
 @dataclass
 class PruneConfig:
     """Circuit pruning (METHOD.md section 3). The defaults are meant to work on every task without
-    a search: one setting for all tasks and both models."""
+    a search: one setting, and the same short list of fallback penalties, for every task and model."""
 
     target_loss: float = 0.15  # a circuit is sufficient when its held-out task loss is at most this
     steps: int = 100  # measured as good as 200 x 64 on the embedded model's quote task, at a quarter of the cost
     batch_size: int = 32  # examples per mask step
     lr: float = 3e-2
     k_coef: float = 1e-3  # penalty per kept node
+    # Tried in order when the mask trained at k_coef misses the target on a task the model solves: a
+    # high penalty can switch off a node the task needs early, before the task loss feels it.
+    k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4])
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     train_pairs: int = 1000  # balanced pairs per built-in task for training the mask
@@ -269,6 +272,8 @@ def validate(recipe: Recipe) -> None:
         _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
     _check(p.lr > 0 and p.k_coef >= 0 and p.weight_decay >= 0, "prune", "lr must be > 0, k_coef and "
            "weight_decay >= 0", (p.lr, p.k_coef, p.weight_decay))
+    _check(all(k >= 0 for k in p.k_coef_fallbacks), "prune.k_coef_fallbacks", "every value must be >= 0",
+           p.k_coef_fallbacks)
     _check_tasks(recipe.tasks)
     if recipe.model.init_config is not None and recipe.loss.kl_weight > 0:
         raise RecipeError("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")

@@ -1,4 +1,6 @@
 """Circuit groundwork on a tiny real GPT-2: hooks, masks, mean ablation, surrogate gradient, edges."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,6 +192,37 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     assert report["random_loss"] > 0.15 and report["edges"] > 0
     shuffled = random_gates_like(gates, seed=1)
     assert all(int(shuffled[k].sum()) == int(g.sum()) for k, g in gates.items())  # same count per site
+
+
+def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties():
+    from extract.circuits.find import TaskData, find_circuit
+    from extract.recipe import PruneConfig
+
+    model, examples = _copy_task_model()
+    sites = node_sites(model)
+    means = site_means(model, sites, torch.randint(2, 12, (32, 5)))
+    task = TaskData("copy", examples[:96], examples[96:])
+    # On this model a penalty of 3e-3 switches all but 3 nodes off within 40 steps, before the task
+    # loss can hold the needed ones on, and 1e-3 ends near 50 nodes at task loss ~1; 3e-4 works.
+    too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[])
+    alone = find_circuit(model, sites, means, task, too_high)
+    assert alone.result["solved"] and alone.result["circuit"] is None and not alone.result["reached_target"]
+    assert [a["k_coef"] for a in alone.result["attempts"]] == [3e-3]
+
+    tried = []
+    with_fallbacks = dataclasses.replace(too_high, k_coef_fallbacks=[1e-3, 3e-4])
+    retried = find_circuit(model, sites, means, task, with_fallbacks, on_attempt=tried.append)
+    assert tried == [3e-3, 1e-3, 3e-4]
+    assert [a["reached_target"] for a in retried.result["attempts"]] == [False, False, True]
+    assert retried.result["k_coef"] == 3e-4 and retried.result["reached_target"]
+    circuit = retried.result["circuit"]
+    assert circuit["loss"] <= 0.15 and circuit["sufficient"] and circuit["necessary"]
+    assert retried.result["mask_kept_nodes"] == retried.result["attempts"][-1]["mask_kept_nodes"] >= circuit["nodes"]
+
+    from extract.circuits.stage import circuit_line
+
+    assert "[k_coef 0.0003 after 0.003, 0.001 missed]" in circuit_line("copy", "dense", retried.result, 0.15)
+    assert "no circuit reaches 0.15 (k_coef 0.003 tried)" in circuit_line("copy", "dense", alone.result, 0.15)
 
 
 def test_listed_edges_agree_with_the_count_and_name_their_ends():

@@ -120,6 +120,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
     assert task["dense"]["circuit"]["sufficient"] and task["dense"]["circuit"]["necessary"]
     control = task["random_init"]
     assert not control["solved"] and not control["reached_target"]  # pruning alone does not fake the task
+    assert [a["k_coef"] for a in control["attempts"]] == [1e-3, 3e-4, 1e-4]  # with every penalty the models get
     summary = report["summary"]
     if task["sparse"]["circuit"]:  # 12 sparsify steps may or may not keep the task
         assert summary["tasks_compared"] == ["quotes"] and summary["edge_ratio"] > 0
@@ -127,6 +128,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
         assert summary["tasks_compared"] == [] and summary["edge_ratio"] is None
     md = (out / "report.md").read_text()
     assert "| quotes | dense |" in md and "| quotes | random_init |" in md
+    assert "pruned: no circuit reaches 0.15 (k_coef 0.001, 0.0003, 0.0001)" in md
 
 
 def test_bad_task_file_is_named_with_its_line(write_recipe, tmp_path, quote_model):

@@ -42,6 +42,8 @@ def _write(tmp_path, text):
         ("tasks: [{path: t.jsonl}]\n", "tasks[0].path: unknown key (valid keys here: file)"),
         ("tasks: [with_open, with_open]\n", "tasks[1]: listed twice"),
         ("prune:\n  target_loss: 0.9\n", "prune.target_loss: must be in (0, ln 2)"),
+        ("prune:\n  k_coef_fallbacks: [3.0e-4, -1]\n", "prune.k_coef_fallbacks: every value must be >= 0"),
+        ("prune:\n  k_coef_fallbacks: 3.0e-4\n", "prune.k_coef_fallbacks: expected a list"),
         ("sparsity:\n  embedding_density: 2\n", "sparsity.embedding_density: must be in (0, 1] or null"),
         ("sparsity:\n  sharkfin_power: -1\n", "sparsity.sharkfin_power: must be >= 0, got -1.0"),
         ("train: [1, 2\n", "not valid YAML"),

@@ -11,7 +11,7 @@ import torch
 from extract import checkpoints
 from extract.circuits.edges import list_edges
 
-FORMAT_VERSION = 2  # 2: circuits carry calibrated_loss and calibration
+FORMAT_VERSION = 3  # 2: circuits carry calibrated_loss and calibration; 3: k_coef and attempts
 
 
 def circuit_record(model, task: str, role: str, model_path: str, found, target_loss: float) -> dict:

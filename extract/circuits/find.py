@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -65,11 +65,19 @@ def loss_edges_curve(model, mask: NodeMask, heldout: list[TaskExample], points: 
     return curve
 
 
+def penalties(cfg: PruneConfig) -> list[float]:
+    """k_coef, then each fallback: the penalties one task on one model may be pruned with."""
+    return [cfg.k_coef, *cfg.k_coef_fallbacks]
+
+
 def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task: TaskData, cfg: PruneConfig,
-                 *, prune_unsolved: bool = False, on_step=None) -> Found:
+                 *, prune_unsolved: bool = False, on_step=None, on_attempt=None) -> Found:
     """Prune `task` on `model`. A model that does not reach the target itself is reported as such
     and not pruned, unless `prune_unsolved` (the random-init control, whose point is that pruning
-    alone must not make it reach the target)."""
+    alone must not make it reach the target).
+
+    A mask that misses the target is retrained with each fallback penalty in turn, the same for
+    every model (the control too, so it gets every chance the real models get)."""
     model.eval()
     start = time.time()
     full = two_way_scores(model, task.heldout)
@@ -77,12 +85,20 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
               "solved": full["loss"] <= cfg.target_loss, "circuit": None}
     if not result["solved"] and not prune_unsolved:
         return Found(result, None, [])
-    torch.manual_seed(cfg.seed)
-    mask = NodeMask(sites, means)
-    train_mask(model, mask, task.train_examples(), cfg, on_step=on_step)
-    result["mask_kept_nodes"] = int((mask.flat_taus() > 0).sum())
-    curve = loss_edges_curve(model, mask, task.heldout)
-    found = discretise(model, mask, task.heldout, cfg.target_loss)
+    attempts = []
+    for k_coef in penalties(cfg):
+        if on_attempt is not None:
+            on_attempt(k_coef)
+        torch.manual_seed(cfg.seed)
+        mask = NodeMask(sites, means)
+        train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
+        found = discretise(model, mask, task.heldout, cfg.target_loss)
+        attempts.append({"k_coef": k_coef, "mask_kept_nodes": int((mask.flat_taus() > 0).sum()),
+                         "reached_target": found is not None})
+        if found is not None:
+            break
+    result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts)
+    curve = loss_edges_curve(model, mask, task.heldout)  # along the ranking of the mask reported
     if found is not None:
         gates, scores = found  # bisection already scored this circuit on the held-out examples
         circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss, alone=scores)

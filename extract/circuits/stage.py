@@ -21,6 +21,7 @@ from extract.circuits.files import FORMAT_VERSION, circuit_record, write_circuit
 from extract.circuits.find import TaskData, find_circuit, geometric_mean
 from extract.circuits.sites import node_sites, site_means
 from extract.models import load_model, load_tokenizer
+from extract.outputs import penalties_tried, retry_note
 from extract.recipe import ModelConfig, Recipe, TaskFileRef
 from extract.tasks.builtin import builtin_task
 from extract.tasks.jsonl import load_task_file
@@ -191,7 +192,7 @@ def prune_stage(recipe: Recipe) -> dict:
                                                                       cfg.target_loss))
                 continue
             bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
-            found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step,
+            found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
                                  prune_unsolved=entry.role == RANDOM_INIT)
             bar.close()
             tasks.setdefault(data.name, {})[entry.role] = found.result
@@ -214,11 +215,16 @@ class _LazyBar:
     """A progress bar that appears only once mask training starts (not for unsolved tasks)."""
 
     def __init__(self, total: int, desc: str):
-        self.total, self.desc, self.bar = total, desc, None
+        self.total, self.desc, self.label, self.bar = total, desc, desc, None
+
+    def attempt(self, k_coef: float) -> None:
+        """A new mask (the first, or a retry with a smaller penalty): a fresh bar that names it."""
+        self.close()
+        self.label = f"{self.desc} k_coef={k_coef:g}"
 
     def step(self, step: int, task_loss: float, kept: float) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=self.total, desc=self.desc, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, desc=self.label, leave=False, dynamic_ncols=True)
         self.bar.update(1)
         if step % 10 == 0:
             self.bar.set_postfix(task_loss=f"{task_loss:.3f}", kept=int(kept))
@@ -226,6 +232,7 @@ class _LazyBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def _slug(role: str) -> str:
@@ -238,10 +245,11 @@ def circuit_line(task: str, role: str, result: dict, target: float) -> str:
         return head + f"; the full model misses the target {target}: not pruned"
     circuit = result["circuit"]
     if circuit is None:
-        return head + f"; no circuit reaches {target}"
+        return head + f"; no circuit reaches {target} (k_coef {', '.join(penalties_tried(result))} tried)"
     calibrated = circuit.get("calibrated_loss")
     return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}"
                    + ("" if calibrated is None else f" ({calibrated:.3f} calibrated)") + ", "
                    f"ablated {circuit['ablated_loss']:.3f}, random {circuit['random_loss']:.3f}"
                    + ("" if circuit["sufficient"] and circuit["necessary"] else " (check failed)")
-                   + (" [fits through ablation]" if circuit["fits_through_ablation"] else ""))
+                   + (" [fits through ablation]" if circuit["fits_through_ablation"] else "")
+                   + (f" [{retry_note(result)}]" if retry_note(result) else ""))
