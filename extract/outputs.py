@@ -124,8 +124,9 @@ def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
     if circuit.get("fits_through_ablation"):
         verdict += " (fits through ablation)"
-    if retry_note(entry):
-        verdict += f"; {retry_note(entry)}"
+    retried = retry_note(entry)
+    if retried:
+        verdict += f"; {retried}"
     loss = f"{circuit['loss']:.3f}"
     if circuit.get("calibrated_loss") is not None:
         loss += f" ({circuit['calibrated_loss']:.3f})"

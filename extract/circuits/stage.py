@@ -246,10 +246,10 @@ def circuit_line(task: str, role: str, result: dict, target: float) -> str:
     circuit = result["circuit"]
     if circuit is None:
         return head + f"; no circuit reaches {target} (k_coef {', '.join(penalties_tried(result))} tried)"
-    calibrated = circuit.get("calibrated_loss")
+    calibrated, retried = circuit.get("calibrated_loss"), retry_note(result)
     return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}"
                    + ("" if calibrated is None else f" ({calibrated:.3f} calibrated)") + ", "
                    f"ablated {circuit['ablated_loss']:.3f}, random {circuit['random_loss']:.3f}"
                    + ("" if circuit["sufficient"] and circuit["necessary"] else " (check failed)")
                    + (" [fits through ablation]" if circuit["fits_through_ablation"] else "")
-                   + (f" [{retry_note(result)}]" if retry_note(result) else ""))
+                   + (f" [{retried}]" if retried else ""))
