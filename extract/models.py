@@ -1,85 +1,26 @@
-"""Loading models (Hub id, directory, PEFT adapter, fresh init) and the per-family architecture map.
+"""Loading models: Hub id, directory, PEFT adapter, or a fresh init; float32, weights from safetensors only.
 
-The architecture map is the only place that knows parameter names. Adding a family (Llama, Qwen,
-GPT-NeoX) means adding one `ArchFamily` entry: which tensors are sparsified, and along which axis
-a tensor's "units" (neurons, q/k/v channels, value channels) lie for the per-unit minimum.
+What the project knows about each layout lives in extract/arch; here a model's family is checked
+from its config, before any weights load, so an unsupported model fails at once.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from extract.arch import ArchitectureError, family_of
 from extract.paths import DENSE_MODEL_DIR, TOKENIZER_DIR
 from extract.recipe import ModelConfig
+
+DEFAULT_INIT_MODEL_TYPE = "gpt2"  # what `model.init_config` builds unless it names a model_type
 
 
 class ModelLoadError(RuntimeError):
     """A model or tokenizer named by a recipe could not be loaded."""
-
-
-@dataclass(frozen=True)
-class SparseTensor:
-    """A sparsified parameter. `unit_axis` indexes the units that keep `min_per_unit` nonzeros
-    each (the minimum is taken over the other axis); None means no per-unit minimum."""
-
-    name: str
-    param: torch.nn.Parameter
-    unit_axis: int | None
-
-
-@dataclass(frozen=True)
-class ArchFamily:
-    model_types: tuple[str, ...]
-    # (regex on the parameter name, unit axis). GPT-2's Conv1D stores weights as (in, out).
-    matrices: tuple[tuple[str, int], ...]
-    embeddings: tuple[str, ...]
-
-
-GPT2_FAMILY = ArchFamily(
-    model_types=("gpt2",),
-    matrices=(
-        (r"transformer\.h\.\d+\.attn\.c_attn\.weight", 1),  # per q/k/v channel, over its inputs
-        (r"transformer\.h\.\d+\.attn\.c_proj\.weight", 0),  # per value channel, over its outputs
-        (r"transformer\.h\.\d+\.mlp\.c_fc\.weight", 1),  # per neuron, over its inputs
-        (r"transformer\.h\.\d+\.mlp\.c_proj\.weight", 0),  # per neuron, over its outputs
-    ),
-    embeddings=(r"transformer\.wte\.weight", r"transformer\.wpe\.weight"),
-)
-
-FAMILIES = (GPT2_FAMILY,)
-
-
-def family_of(model) -> ArchFamily:
-    model_type = getattr(model.config, "model_type", None)
-    for family in FAMILIES:
-        if model_type in family.model_types:
-            return family
-    known = sorted(t for f in FAMILIES for t in f.model_types)
-    raise ModelLoadError(f"model_type {model_type!r} has no architecture mapping yet (supported: {known})")
-
-
-def sparse_tensors(model, embeddings: bool = True) -> list[SparseTensor]:
-    """The tensors the projection acts on. A tied unembedding shares the token embedding's
-    Parameter, so it follows it without being listed twice."""
-    family = family_of(model)
-    rules = [(re.compile(p), axis) for p, axis in family.matrices]
-    if embeddings:
-        rules += [(re.compile(p), None) for p in family.embeddings]
-    found = []
-    for name, param in model.named_parameters():
-        for pattern, axis in rules:
-            if pattern.fullmatch(name):
-                found.append(SparseTensor(name, param, axis))
-                break
-    if not found:
-        raise ModelLoadError(f"no sparsifiable tensors matched in {type(model).__name__}")
-    return found
 
 
 def _resolve(name_or_path: str) -> str:
@@ -100,9 +41,8 @@ def _why_missing(source: str, what: str) -> str:
 def load_tokenizer(cfg: ModelConfig):
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
     source = cfg.tokenizer or (str(TOKENIZER_DIR) if cfg.init_config is not None else _resolve(cfg.name_or_path))
-    adapter = Path(source) / "adapter_config.json"
-    if adapter.is_file() and not (Path(source) / "tokenizer_config.json").is_file():
-        source = json.loads(adapter.read_text())["base_model_name_or_path"]
+    if not (Path(source) / "tokenizer_config.json").is_file():
+        source = _adapter_base(source) or source
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
                                                   trust_remote_code=cfg.trust_remote_code)
@@ -112,6 +52,38 @@ def load_tokenizer(cfg: ModelConfig):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _adapter_base(source: str) -> str | None:
+    """The base model a PEFT adapter directory names, or None when `source` is no adapter."""
+    adapter = Path(source) / "adapter_config.json"
+    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+
+
+def model_config(cfg: ModelConfig, vocab_size: int | None = None):
+    """The transformers config of the model a recipe names, without loading any weights."""
+    if cfg.init_config is not None:
+        shape = {"vocab_size": vocab_size, **cfg.init_config}
+        return AutoConfig.for_model(shape.pop("model_type", DEFAULT_INIT_MODEL_TYPE), **shape)
+    source = _resolve(cfg.name_or_path)
+    source = _adapter_base(source) or source
+    try:
+        return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        reason = _why_missing(source, "model config")
+        raise ModelLoadError(f"model.name_or_path: cannot load the model: {reason}\n  ({error})") from None
+
+
+def check_family(cfg: ModelConfig, vocab_size: int | None = None):
+    """The model's config, after checking that a family maps its layout: an unsupported model
+    fails here, before any weights or data load."""
+    config = model_config(cfg, vocab_size)
+    try:
+        family_of(config)
+    except ArchitectureError as error:
+        where = "model.init_config" if cfg.init_config is not None else f"model.name_or_path: {cfg.name_or_path}"
+        raise ModelLoadError(f"{where}: {error}") from None
+    return config
 
 
 def _from_pretrained(source: str, cfg: ModelConfig):
@@ -134,19 +106,17 @@ def load_model(cfg: ModelConfig, vocab_size: int | None = None):
     A directory holding `adapter_config.json` is a PEFT adapter: its base model is loaded and the
     adapter merged into it, so everything downstream sees one plain dense model.
     """
+    config = check_family(cfg, vocab_size)
     if cfg.init_config is not None:
-        config = GPT2Config(**{"vocab_size": vocab_size, **cfg.init_config})
-        return GPT2LMHeadModel(config)
+        return AutoModelForCausalLM.from_config(config)
     source = _resolve(cfg.name_or_path)
-    if (Path(source) / "adapter_config.json").is_file():
-        from peft import PeftConfig, PeftModel
+    base_name = _adapter_base(source)
+    if base_name is not None:
+        from peft import PeftModel
 
-        base_name = PeftConfig.from_pretrained(source).base_model_name_or_path
-        base = _from_pretrained(base_name, cfg)
-        model = PeftModel.from_pretrained(base, source).merge_and_unload()
+        model = PeftModel.from_pretrained(_from_pretrained(base_name, cfg), source).merge_and_unload()
     else:
         model = _from_pretrained(source, cfg)
-    family_of(model)  # fail now, not after an hour of data preparation
     return model.eval()
 
 

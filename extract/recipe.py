@@ -91,6 +91,9 @@ class TrainConfig:
     # auto: bf16 on GPUs that have it and on CPUs with native bf16, else float32 (fp16 on old GPUs)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile through Accelerate (inductor); ~1 min to compile
+    # Keep only each layer's input for the backward pass and recompute the rest: activations shrink to
+    # almost nothing for one more forward pass per step. For large models or batches (bench/README.md).
+    gradient_checkpointing: bool = False
     eval_every: int = 100
     checkpoint_every: int = 100
     log_every: int = 10

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from extract import checkpoints
-from extract.models import count_params, load_model, load_tokenizer, sparse_tensors
+from extract.arch import sparse_tensors
+from extract.models import count_params, load_model, load_tokenizer
 from extract.outputs import model_card, report_markdown
 from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
@@ -23,15 +24,22 @@ from extract.train import MODEL_DIRNAME, TRAIN_LOG, heldout_metrics, prepare_hel
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:
-    """Density over the sparsified tensors and the total nonzero count, read from the safetensors
-    files themselves (`model` only supplies the names of the sparsified tensors)."""
-    weights = {}
+    """(density over the sparsified tensors, total nonzero count, number of sparsified tensors) of
+    `model` as loaded from `model_dir`'s safetensors files.
+
+    The density is read from the loaded model, whose parameter names the loader has mapped (GPT-NeoX's
+    unembedding is `lm_head` in the model but `embed_out` in the file). The files' own nonzero count
+    must equal the loaded parameters', so a tensor the loader filled in rather than read cannot pass."""
+    in_files = 0
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
-        weights.update(load_file(shard))
-    names = [t.name for t in sparse_tensors(model, embeddings) if t.name in weights]
-    density, _, _ = measured_density([weights[n] for n in names])
-    nonzero_params = sum(int(torch.count_nonzero(w)) for w in weights.values())
-    return density, nonzero_params, len(names)
+        in_files += sum(int(torch.count_nonzero(w)) for w in load_file(shard).values())
+    loaded = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    if loaded != in_files:
+        raise ValueError(f"{model_dir}: the loaded model has {loaded:,} nonzero parameters but its safetensors "
+                         f"files hold {in_files:,}; the files and the model's layout do not match")
+    tensors = sparse_tensors(model, embeddings)
+    density, _, _ = measured_density(tensors)
+    return density, in_files, len(tensors)
 
 
 def model_section(model, heldout, quotes, teacher=None) -> dict:
@@ -45,7 +53,8 @@ def model_section(model, heldout, quotes, teacher=None) -> dict:
     return section
 
 
-def write_report(recipe: Recipe, recipe_file: str) -> dict:
+def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str = "cpu") -> dict:
+    """Score the dense and the saved sparse model on `device` and write the report from the outputs."""
     out = Path(recipe.output_dir)
     model_dir = out / MODEL_DIRNAME
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))
@@ -53,12 +62,12 @@ def write_report(recipe: Recipe, recipe_file: str) -> dict:
     quotes = []
     if recipe.eval.quote_examples:
         quotes = closing_quote_examples(heldout_texts[recipe.data.text_column], tokenizer, recipe.eval.quote_examples)
-    trained = load_model(ModelConfig(name_or_path=str(model_dir)))
+    trained = load_model(ModelConfig(name_or_path=str(model_dir))).to(device)
     state = json.loads((model_dir / "trainer_state.json").read_text())
     report = {"recipe": recipe_file, "quote_examples": len(quotes)}
     teacher = None
     if recipe.model.init_config is None:
-        teacher = load_model(recipe.model)
+        teacher = load_model(recipe.model).to(device)
         report["dense"] = {"model": recipe.model.name_or_path, **model_section(teacher, heldout, quotes)}
     section = {"path": str(model_dir), **model_section(trained, heldout, quotes, teacher)}
     if recipe.sparsity.enabled:

@@ -79,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from extract.models import ModelLoadError
+    from extract.arch import ArchitectureError
+    from extract.models import ModelLoadError, check_family
     from extract.outputs import save_recipe
     from extract.report import write_report
     from extract.tasks.jsonl import TaskFileError
     from extract.train import NonFiniteLossError, make_accelerator, train
 
     try:
+        if args.stage in ("sparsify", "all"):
+            check_family(recipe.model)  # an unsupported model fails before any work
         accelerator = make_accelerator(recipe)
         if accelerator.is_main_process:
             save_recipe(recipe, Path(recipe.output_dir))
@@ -97,19 +100,19 @@ def main(argv: list[str] | None = None) -> int:
             from extract.circuits.stage import prune_stage
             from extract.report import refresh_report
 
-            prune_stage(recipe)
+            prune_stage(recipe, accelerator.device)
             if args.stage == "prune":
                 refresh_report(Path(recipe.output_dir), _display_path(recipe_path))
                 print(f"report: {Path(recipe.output_dir) / 'report.md'}")
         if args.stage in ("report", "all") and accelerator.is_main_process:
-            report = write_report(recipe, _display_path(recipe_path))
+            report = write_report(recipe, _display_path(recipe_path), accelerator.device)
             from extract.outputs import summary_lines
 
             print("\n".join(summary_lines(report)))
             print(f"report: {Path(recipe.output_dir) / 'report.json'}")
         accelerator.wait_for_everyone()
-    except (ModelLoadError, NonFiniteLossError, RecipeError, TaskFileError, FileNotFoundError, KeyError,
-            ValueError) as error:
+    except (ArchitectureError, ModelLoadError, NonFiniteLossError, RecipeError, TaskFileError, FileNotFoundError,
+            KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from extract import checkpoints
+from extract.arch import sparse_tensors
 from extract.data import CorpusSpec, heldout_tensor, load_text_splits, pack_blocks
-from extract.models import load_model, load_tokenizer, sparse_tensors
+from extract.losses import token_losses
+from extract.models import load_model, load_tokenizer
 from extract.outputs import RECIPE_FILE, recipe_yaml
-from extract.recipe import Recipe
+from extract.recipe import OptimConfig, Recipe
 from extract.sparsity import (
     base_lr_factor,
     density_at,
@@ -43,6 +44,7 @@ from extract.sparsity import (
 MODEL_DIRNAME = "model"
 CHECKPOINT_DIRNAME = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
+EVAL_LOGITS_BUDGET = 2**25  # floats of held-out logits per batch (128 MB)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,26 +98,17 @@ def prepare_data(recipe: Recipe, tokenizer):
     return train, heldout, heldout_texts
 
 
-def token_losses(model, input_ids: torch.Tensor, teacher=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Mean next-token cross-entropy and, with a teacher, mean KL(teacher || model) per token."""
-    logits = model(input_ids=input_ids).logits[:, :-1].float()
-    vocab = logits.size(-1)
-    # one log-softmax serves both losses (cross_entropy would compute its own)
-    student_logp = F.log_softmax(logits, dim=-1).reshape(-1, vocab)
-    ce = F.nll_loss(student_logp, input_ids[:, 1:].reshape(-1))
-    if teacher is None:
-        return ce, None
-    with torch.no_grad():
-        teacher_logits = teacher(input_ids=input_ids).logits[:, :-1].float()
-        teacher_logp = F.log_softmax(teacher_logits, dim=-1).reshape(-1, vocab)
-    kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="batchmean")
-    return ce, kl
+def eval_batch_size(sequence_length: int, vocab_size: int) -> int:
+    """Sequences per held-out batch: 16, or fewer where their logits would pass EVAL_LOGITS_BUDGET
+    floats (16 x 256 x 50257 would be 823 MB per copy, and the losses make several)."""
+    return max(1, min(16, EVAL_LOGITS_BUDGET // (sequence_length * vocab_size)))
 
 
 @torch.no_grad()
-def heldout_metrics(model, heldout: torch.Tensor, teacher=None, batch_size: int = 16,
+def heldout_metrics(model, heldout: torch.Tensor, teacher=None, batch_size: int | None = None,
                     accelerator: Accelerator | None = None) -> dict[str, float]:
     """Held-out loss (and KL to the teacher), sharded over processes when an accelerator is given."""
+    batch_size = batch_size or eval_batch_size(heldout.shape[1], model.config.vocab_size)
     was_training = model.training
     model.eval()
     rows = heldout
@@ -153,7 +146,7 @@ class TrainState:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
+def _optimizer(model, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
     # Weight decay on matrices (and embeddings), none on biases and norm gains.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -161,7 +154,36 @@ def _optimizer(model, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=o.lr, betas=o.betas, eps=o.eps,
+        # On a GPU torch's default (foreach) makes full-size temporaries of the moments, 4 or more
+        # bytes per parameter at the step; the fused kernel makes none. CPUs keep the per-tensor loop.
+        fused=device.type == "cuda",
     )
+
+
+def apply_gradients(optimizer, params, optim: OptimConfig, scaler=None) -> None:
+    """After backward: rescale the gradients to RMS 1 (and clip), take the optimizer step, zero them.
+
+    Under fp16 the gradients still carry the GradScaler's factor (2**16 to start). Rescaling those to
+    RMS 1 and letting the step unscale them afterwards would leave Adam gradients 2**16 times too
+    small, which with eps = 0.1 barely move the weights. So they are unscaled first; the scaler then
+    sees that and only skips a step whose gradients overflowed."""
+    if scaler is not None:
+        scaler.unscale_(getattr(optimizer, "optimizer", optimizer))  # the optimizer Accelerate wraps
+    if optim.grad_rescale_rms:
+        rescale_gradients_to_unit_rms(params)
+    if optim.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, optim.clip_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _enable_activation_checkpointing(model) -> None:
+    """transformers' per-layer recomputation (renamed from gradient_checkpointing in 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _batches(dataloader, epoch: int, skip: int):
@@ -230,7 +252,9 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
                         collate_fn=lambda rows: torch.stack([r["input_ids"] for r in rows]))
 
     model.train()
-    optimizer = _optimizer(model, recipe)
+    if t.gradient_checkpointing:
+        _enable_activation_checkpointing(model)
+    optimizer = _optimizer(model, recipe, accelerator.device)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # the plain module: parameter names without DDP's or torch.compile's prefixes
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -298,12 +322,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
             ce_sum += float(ce.detach()) / accum
             kl_sum += float(kl.detach()) / accum if kl is not None else 0.0
 
-        if recipe.optim.grad_rescale_rms:
-            rescale_gradients_to_unit_rms(params)
-        if recipe.optim.clip_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, recipe.optim.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        apply_gradients(optimizer, params, recipe.optim, accelerator.scaler)
         if targets:
             project_(targets, scheduled_densities(finals, progress, s.anneal_fraction, s.anneal_shape),
                      s.min_per_unit)

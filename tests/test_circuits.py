@@ -163,6 +163,17 @@ def _copy_task_model():
     return model.eval(), examples
 
 
+def copy_task():
+    """(model, sites, means, task): the copy-task model, its sites and ablation means, and the task
+    split into 96 training and 32 held-out examples."""
+    from extract.circuits.find import TaskData
+
+    model, examples = _copy_task_model()
+    sites = node_sites(model)
+    means = site_means(model, sites, torch.randint(2, 12, (32, 5)))
+    return model, sites, means, TaskData("copy", examples[:96], examples[96:])
+
+
 def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     from extract.circuits.prune import PruneConfig, discretise, scores_with_gates, train_mask
     from extract.tasks.examples import two_way_scores
@@ -195,13 +206,10 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
 
 
 def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties():
-    from extract.circuits.find import TaskData, find_circuit
+    from extract.circuits.find import find_circuit
     from extract.recipe import PruneConfig
 
-    model, examples = _copy_task_model()
-    sites = node_sites(model)
-    means = site_means(model, sites, torch.randint(2, 12, (32, 5)))
-    task = TaskData("copy", examples[:96], examples[96:])
+    model, sites, means, task = copy_task()
     # On this model a penalty of 3e-3 switches all but 3 nodes off within 40 steps, before the task
     # loss can hold the needed ones on, and 1e-3 ends near 50 nodes at task loss ~1; 3e-4 works.
     too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[])

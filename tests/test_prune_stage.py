@@ -1,24 +1,10 @@
 """The prune stage through the command line, on a tiny GPT-2 trained in the test to close quotes."""
 import json
-import random
 
 import pytest
 import torch
 
-from tests.conftest import run_cli
-
-WORDS = "alpha beta gamma delta value name path key data item text label token count".split()
-
-
-def _quote_lines(n_pairs: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(n_pairs):
-        v, w = rng.sample(WORDS, 2)
-        shape = rng.choice(["{v} = {q}{w}", "print({q}{w}", "{v}[{q}{w}"])
-        for q, other in (("'", '"'), ('"', "'")):
-            lines.append(json.dumps({"prompt": shape.format(v=v, w=w, q=q), "target": q, "alternative": other}))
-    return lines
+from tests.conftest import fit_two_way_task, quote_lines, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,25 +14,18 @@ def quote_model(tmp_path_factory):
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from extract.paths import TOKENIZER_DIR
-    from extract.tasks.examples import two_way_loss
     from extract.tasks.jsonl import load_task_file
 
     root = tmp_path_factory.mktemp("quote-model")
     task_file = root / "quotes.jsonl"
-    task_file.write_text("\n".join(_quote_lines(150, seed=0)) + "\n")
+    task_file.write_text("\n".join(quote_lines(150, seed=0)) + "\n")
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     examples = load_task_file(task_file, tokenizer, max_context=64)
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(80):
-        loss = two_way_loss(model, examples)[0].mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert float(loss.detach()) < 0.05, "the test model should have learned the task"
+    assert fit_two_way_task(model, examples) < 0.05, "the test model should have learned the task"
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model", task_file
@@ -134,7 +113,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
 def test_bad_task_file_is_named_with_its_line(write_recipe, tmp_path, quote_model):
     model_dir, _ = quote_model
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("\n".join(_quote_lines(20, seed=1)[:5] + ['{"prompt": "x = ", "target": "1"}']) + "\n")
+    bad.write_text("\n".join(quote_lines(20, seed=1)[:5] + ['{"prompt": "x = ", "target": "1"}']) + "\n")
     proc = run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", model_dir, "--task", bad,
                    f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 1

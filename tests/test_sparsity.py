@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from extract.models import sparse_tensors
+from extract.arch import sparse_tensors
 from extract.sparsity import (
     base_lr_factor,
     density_at,
@@ -150,3 +150,25 @@ def test_embedding_density_keeps_the_overall_budget():
     assert 1 / 16 <= density <= 1 / 16 + len(tensors) / sum(t.param.numel() for t in tensors)
     with pytest.raises(ValueError, match="no budget"):
         tensor_targets(tensors, 1 / 64, 1.0)
+
+
+def test_ties_at_the_cut_keep_exactly_k_taking_the_first_in_storage_order():
+    weight = torch.tensor([[3.0, 1.0, -1.0, 1.0], [0.0, -1.0, 2.0, 0.0]])
+    mask = projection_mask(weight, 4, None, 0)  # 3 and 2, then two of the four 1s
+    assert mask.tolist() == [[True, True, True, False], [False, False, True, False]]
+    # more zeros than there is room to drop (a sparse weight projected again): still exactly k
+    sparse = torch.zeros(6, 6)
+    sparse[2, 3] = 0.5
+    assert int(projection_mask(sparse, 5, None, 0).sum()) == 5 and projection_mask(sparse, 5, None, 0)[2, 3]
+
+
+@pytest.mark.parametrize("k", [1, 7, 50, 51, 93, 100])
+def test_the_gpu_way_to_the_cut_finds_the_same_kth_largest_value(k):
+    """On a GPU the cut comes from topk of the smaller side (kthvalue there runs on one SM); it must be
+    the value kthvalue finds, ties included, so both devices keep the same entries."""
+    from extract.sparsity import kth_largest
+
+    torch.manual_seed(4)
+    flat = torch.randn(100).abs().round(decimals=1)  # plenty of ties
+    assert float(kth_largest(flat, k, by_topk=True)) == float(kth_largest(flat, k, by_topk=False))
+    assert float(kth_largest(flat, k, by_topk=False)) == float(flat.sort(descending=True).values[k - 1])

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from extract.models import sparse_tensors
+from extract.arch import sparse_tensors
 from extract.sparsity import measured_density
 from tests.conftest import ROOT, RUN, run_cli
 
@@ -190,9 +190,10 @@ def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path)
     run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4", f"output_dir={moved}")
 
 
-def test_gpt2_small_recipe_runs_on_local_stand_ins(gpt2_tokenizer_dir, tiny_corpus, tmp_path):
-    """The gpt2-small recipe's own settings (real GPT-2 vocabulary, streaming, `content` column,
-    gradient accumulation) with a tiny model and a local file in place of the Hub ones."""
+def test_gpt2_small_recipe_runs_offline_with_the_readme_overrides(gpt2_tokenizer_dir, tmp_path):
+    """The gpt2-small recipe's own settings (real GPT-2 vocabulary, gradient accumulation, its prune
+    section) with a tiny local model in place of the Hub one and the README's offline overrides for
+    the data (the shipped corpus instead of the streamed Hub dataset)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir)
@@ -202,14 +203,13 @@ def test_gpt2_small_recipe_runs_on_local_stand_ins(gpt2_tokenizer_dir, tiny_corp
                         attn_pdrop=0.0)
     GPT2LMHeadModel(config).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    corpus = tmp_path / "code.jsonl"
-    corpus.write_text("".join(json.dumps({"path": row["path"], "content": row["text"]}) + "\n"
-                              for row in map(json.loads, tiny_corpus.read_text().splitlines())))
     out = tmp_path / "out"
-    run_cli("--recipe", "gpt2-small", f"model.name_or_path={model_dir}", f"data.dataset={corpus}",
-            "data.heldout_fraction=0.2", "data.block_size=32", "data.heldout_blocks=4", "train.steps=6",
+    readme = [f"model.name_or_path={model_dir}", "data.dataset=embedded", "data.text_column=text",
+              "data.streaming=false"]
+    run_cli("--recipe", "gpt2-small", *readme, "data.block_size=32", "data.heldout_blocks=4", "train.steps=6",
             "train.batch_size=2", "train.eval_every=3", "train.checkpoint_every=3", "train.compile=false",
-            "eval.quote_examples=0", "tasks=[single_double_quote]", "prune.mean_blocks=4", f"output_dir={out}")
+            "eval.quote_examples=0", "tasks=[single_double_quote]", "prune.mean_blocks=4", f"output_dir={out}",
+            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     report = json.loads((out / "report.json").read_text())
     # the built-in task ran through the real GPT-2 vocabulary (a random model does not solve it)
     assert report["tasks"]["single_double_quote"]["sparse"]["solved"] is False
@@ -271,3 +271,102 @@ def test_token_losses_are_cross_entropy_and_kl_to_the_teacher(tiny_model_dir):
         _, kl = token_losses(model, ids, teacher=other)
     assert float(kl) > 1e-4 and torch.allclose(kl, expected_kl, atol=1e-5)
     assert token_losses(model, ids)[1] is None
+
+
+@pytest.fixture
+def accelerate_state():
+    """Accelerate's process state, which its optimizer wrapper reads; reset after the test."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    Accelerator(cpu=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _one_step_update(model_dir, scaler, unscale_first: bool) -> torch.Tensor:
+    """The weight change of one training step through apply_gradients, optionally under a GradScaler
+    (as Accelerate's fp16 runs it: a scaled backward, then an AcceleratedOptimizer whose step
+    unscales, skips on overflow and updates the scale)."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from extract.recipe import OptimConfig
+    from extract.train import apply_gradients
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).train()
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), eps=0.1, weight_decay=0.0)
+    if scaler is not None:
+        optimizer = AcceleratedOptimizer(optimizer, device_placement=False, scaler=scaler)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    before = torch.cat([p.detach().flatten().clone() for p in params])
+    apply_gradients(optimizer, params, OptimConfig(), scaler if unscale_first else None)
+    return torch.cat([p.detach().flatten() for p in params]) - before
+
+
+def test_fp16_gradients_are_unscaled_before_the_rms_rescale(tiny_model_dir, accelerate_state):
+    """Under fp16 the gradients carry the GradScaler's 2**16 when the step begins. Rescaled to RMS 1
+    as they are, then unscaled by the step, Adam (eps 0.1) would move the weights 2**16 times too
+    little; unscaled first, the step is the one float32 training takes."""
+    plain = _one_step_update(tiny_model_dir, None, unscale_first=True)
+    scaled = _one_step_update(tiny_model_dir, torch.amp.GradScaler("cpu", init_scale=2.0**16), unscale_first=True)
+    assert float(plain.abs().max()) > 1e-3
+    torch.testing.assert_close(scaled, plain, rtol=1e-4, atol=1e-7)
+    # the old order, rescale and then let the step unscale: the average weight moved ~9,000x less
+    late = _one_step_update(tiny_model_dir, torch.amp.GradScaler("cpu", init_scale=2.0**16), unscale_first=False)
+    assert float(late.abs().mean()) < float(plain.abs().mean()) / 1000
+
+
+def test_fp16_step_with_overflowing_gradients_is_skipped(tiny_model_dir, accelerate_state):
+    """An inf gradient under the scaler: no rescale can hide it, the step is skipped, the scale drops."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from extract.recipe import OptimConfig
+    from extract.train import apply_gradients
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    params = list(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    optimizer = AcceleratedOptimizer(torch.optim.AdamW(params, lr=1e-2), device_placement=False, scaler=scaler)
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    scaler.scale(model(input_ids=ids, labels=ids).loss).backward()
+    params[0].grad[0, 0] = float("inf")
+    before = [p.detach().clone() for p in params]
+    apply_gradients(optimizer, params, OptimConfig(), scaler)
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert scaler.get_scale() < 2.0**16
+
+
+def test_gradient_checkpointing_trains_the_same_weights(write_recipe, tmp_path, monkeypatch):
+    from accelerate.state import AcceleratorState
+
+    import extract.train as train_module
+    from extract.recipe import load_recipe
+    from extract.train import make_accelerator, train
+
+    real, seen = train_module.token_losses, set()
+
+    def spy(model, batch, teacher=None):  # which setting the model trained with
+        if model.training:
+            seen.add(model.is_activation_checkpointing)
+        return real(model, batch, teacher)
+
+    monkeypatch.setattr(train_module, "token_losses", spy)
+    weights = {}
+    for checkpointing in (False, True):
+        seen.clear()
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        recipe, _ = load_recipe(str(write_recipe()), [f"output_dir={out}", "train.steps=4", "train.eval_every=4",
+                                                      f"train.gradient_checkpointing={str(checkpointing).lower()}"])
+        try:
+            train(recipe, make_accelerator(recipe))
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        assert seen == {checkpointing}
+        weights[checkpointing] = _weights(out / "model")
+        assert not AutoModelForCausalLM.from_pretrained(out / "model").is_activation_checkpointing  # saved plain
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, rtol=0, atol=1e-5, msg=name)

@@ -19,11 +19,11 @@ NECESSARY_LOSS = math.log(2) / 2
 
 def random_gates_like(gates: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """Gates keeping as many nodes at every site as `gates` does, at random positions."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same circuit on every device
     out = {}
     for key, gate in gates.items():
         picked = torch.randperm(gate.numel(), generator=generator)[: int(gate.sum())]
-        out[key] = torch.zeros_like(gate).index_fill_(0, picked, 1.0)
+        out[key] = torch.zeros(gate.numel(), dtype=gate.dtype).index_fill_(0, picked, 1.0).to(gate.device)
     return out
 
 

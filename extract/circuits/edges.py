@@ -1,48 +1,33 @@
 """Circuit edges counted from the actual weights (METHOD.md section 3).
 
-An edge is a nonzero weight whose two end nodes are both kept: residual read -> MLP neuron
-(`c_fc`), neuron -> MLP write (`c_proj`), attention read -> q/k/v (`c_attn`), v -> attention write
-(attention `c_proj`). The same rule scores a dense model, where every kept pair across a matrix is
-an edge.
+An edge is a nonzero weight whose two end nodes are both kept, in any of a family's edge matrices
+(GPT-2: residual read -> MLP neuron, neuron -> MLP write, attention read -> q/k/v, v -> attention
+write; extract/arch has each family's list). The same rule scores a dense model, where every kept
+pair across a matrix is an edge. Everything runs on the device the weights are on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class EdgeMatrix:
-    weight: str  # parameter path; stored (in, out) as GPT-2's Conv1D does
-    inputs: tuple[str, ...]  # site keys covering the rows, in order
-    outputs: tuple[str, ...]  # site keys covering the columns, in order
+from extract.arch import EdgeMatrix, family_of
 
 
-def gpt2_edge_matrices(model) -> list[EdgeMatrix]:
-    matrices = []
-    for layer in range(model.config.n_layer):
-        block, key = f"transformer.h.{layer}", f"{layer}."
-        matrices += [
-            EdgeMatrix(f"{block}.attn.c_attn.weight", (key + "attn_in",), (key + "q", key + "k", key + "v")),
-            EdgeMatrix(f"{block}.attn.c_proj.weight", (key + "v",), (key + "attn_out",)),
-            EdgeMatrix(f"{block}.mlp.c_fc.weight", (key + "mlp_in",), (key + "mlp",)),
-            EdgeMatrix(f"{block}.mlp.c_proj.weight", (key + "mlp",), (key + "mlp_out",)),
-        ]
-    return matrices
-
-
-EDGE_MAPS = {"gpt2": gpt2_edge_matrices}
+def _axis_kept(matrix_keys: tuple[str, ...], nodes: tuple[int, ...] | None, kept: dict[str, torch.Tensor],
+               device) -> torch.Tensor:
+    """Kept flags along one axis of a matrix: its sites' flags in order, mapped through `nodes`."""
+    flags = torch.cat([kept[k].to(device) for k in matrix_keys]).bool()
+    return flags if nodes is None else flags[torch.tensor(nodes, device=device)]
 
 
 def _live_edges(model, kept: dict[str, torch.Tensor]):
-    """(matrix, weight, live) per edge matrix, where `live` marks the nonzero weights whose two end
-    nodes are both kept: the one rule both count_edges and list_edges apply."""
+    """(matrix, weight as (in, out), live) per edge matrix, where `live` marks the nonzero weights
+    whose two end nodes are both kept: the one rule both count_edges and list_edges apply."""
     params = dict(model.named_parameters())
-    for matrix in EDGE_MAPS[model.config.model_type](model):
-        rows = torch.cat([kept[k] for k in matrix.inputs]).bool()
-        cols = torch.cat([kept[k] for k in matrix.outputs]).bool()
+    for matrix in family_of(model).edge_matrices(model):
         weight = params[matrix.weight].detach()
+        weight = weight if matrix.stored == "in_out" else weight.t()
+        rows = _axis_kept(matrix.inputs, matrix.input_nodes, kept, weight.device)
+        cols = _axis_kept(matrix.outputs, matrix.output_nodes, kept, weight.device)
         yield matrix, weight, (weight != 0) & rows[:, None] & cols[None, :]
 
 
@@ -52,22 +37,34 @@ def count_edges(model, kept: dict[str, torch.Tensor]) -> int:
     return sum(int(live.sum()) for _, _, live in _live_edges(model, kept))
 
 
-def _split(flat_index: int, keys: tuple[str, ...], widths: dict[str, int]) -> tuple[str, int]:
-    for key in keys:
-        if flat_index < widths[key]:
-            return key, flat_index
-        flat_index -= widths[key]
-    raise IndexError(flat_index)
+def _node(position: int, matrix_keys: tuple[str, ...], nodes: tuple[int, ...] | None,
+          widths: dict[str, int]) -> list:
+    """[site key, index] of the node at one position of a matrix axis."""
+    flat = position if nodes is None else nodes[position]
+    for key in matrix_keys:
+        if flat < widths[key]:
+            return [key, flat]
+        flat -= widths[key]
+    raise IndexError(position)
+
+
+def _edge(matrix: EdgeMatrix, i: int, j: int, weight: float, widths: dict[str, int]) -> dict:
+    edge = {"from": _node(i, matrix.inputs, matrix.input_nodes, widths),
+            "to": _node(j, matrix.outputs, matrix.output_nodes, widths), "weight": weight}
+    if matrix.head_dim is not None:  # one value channel, several query heads: say which one
+        edge["head"] = i // matrix.head_dim
+    return edge
 
 
 @torch.no_grad()
 def list_edges(model, kept: dict[str, torch.Tensor]) -> list[dict]:
     """Every edge among the kept nodes with its weight: {"from": [site, index], "to": [site, index],
-    "weight": w}, for circuit files and drawings."""
+    "weight": w} (plus "head", the query head, where query heads share value channels), for circuit
+    files and drawings."""
     widths = {key: int(mask.numel()) for key, mask in kept.items()}
     edges = []
     for matrix, weight, live in _live_edges(model, kept):
-        for i, j in torch.nonzero(live).tolist():
-            edges.append({"from": list(_split(i, matrix.inputs, widths)), "to": list(_split(j, matrix.outputs, widths)),
-                          "weight": float(weight[i, j])})
+        where = torch.nonzero(live)
+        values = weight[where[:, 0], where[:, 1]].tolist()
+        edges += [_edge(matrix, i, j, w, widths) for (i, j), w in zip(where.tolist(), values)]
     return edges

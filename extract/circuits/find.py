@@ -79,10 +79,11 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     A mask that misses the target is retrained with each fallback penalty in turn, the same for
     every model (the control too, so it gets every chance the real models get)."""
     model.eval()
+    device = next(model.parameters()).device
     start = time.time()
     full = two_way_scores(model, task.heldout)
     result = {"full_loss": full["loss"], "full_accuracy": full["accuracy"],
-              "solved": full["loss"] <= cfg.target_loss, "circuit": None}
+              "solved": full["loss"] <= cfg.target_loss, "circuit": None, "device": str(device)}
     if not result["solved"] and not prune_unsolved:
         return Found(result, None, [])
     attempts = []
@@ -90,7 +91,7 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
         if on_attempt is not None:
             on_attempt(k_coef)
         torch.manual_seed(cfg.seed)
-        mask = NodeMask(sites, means)
+        mask = NodeMask(sites, means).to(device)  # taus drawn on the CPU: the same circuit on any device
         train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
         found = discretise(model, mask, task.heldout, cfg.target_loss)
         attempts.append({"k_coef": k_coef, "mask_kept_nodes": int((mask.flat_taus() > 0).sum()),

@@ -81,7 +81,8 @@ class NodeMask(torch.nn.Module):
     @contextmanager
     def with_gates(self, model, gates: dict[str, torch.Tensor]):
         """Context manager: the model runs with fixed 0/1 `gates` (a discrete circuit) instead of the taus."""
-        self.override = gates
+        device = next(iter(self.taus.values())).device
+        self.override = {key: gate.to(device) for key, gate in gates.items()}
         try:
             with self.applied(model):
                 yield

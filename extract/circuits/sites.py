@@ -1,59 +1,18 @@
-"""Node sites per architecture family, reached through forward hooks on the unmodified modules.
+"""Node sites reached through hooks on the unmodified modules, and their mean activations.
 
-A site is a set of channels at one place in a layer (METHOD.md section 3). Each site is a slice
-of one module's output, so q, k and v share the `c_attn` hook and GPT-2 needs no forked code.
-Adding a family is one more entry in SITE_MAPS.
+A site (extract/arch) is a set of channels of one module's output, or input, so q, k and v can share
+GPT-2's fused `c_attn` hook and no family needs forked modeling code. Which modules and channels
+each family uses lives in its own module under extract/arch.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
-from extract.models import family_of
+from extract.arch import SITE_NAMES, Site, node_sites
 
-SITE_NAMES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp", "mlp_out")
-
-
-@dataclass(frozen=True)
-class Site:
-    layer: int
-    name: str  # one of SITE_NAMES
-    module: str  # dotted path from the model root
-    start: int  # channel slice of the module's output
-    width: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.layer}.{self.name}"
-
-
-def gpt2_sites(model) -> list[Site]:
-    config = model.config
-    d, d_mlp = config.n_embd, config.n_inner or 4 * config.n_embd
-    sites = []
-    for layer in range(config.n_layer):
-        block = f"transformer.h.{layer}"
-        sites += [
-            Site(layer, "attn_in", f"{block}.ln_1", 0, d),  # the residual read into attention
-            Site(layer, "q", f"{block}.attn.c_attn", 0, d),
-            Site(layer, "k", f"{block}.attn.c_attn", d, d),
-            Site(layer, "v", f"{block}.attn.c_attn", 2 * d, d),
-            Site(layer, "attn_out", f"{block}.attn", 0, d),  # the attention residual write
-            Site(layer, "mlp_in", f"{block}.ln_2", 0, d),
-            Site(layer, "mlp", f"{block}.mlp.act", 0, d_mlp),  # neurons, after the activation
-            Site(layer, "mlp_out", f"{block}.mlp", 0, d),  # the MLP residual write
-        ]
-    return sites
-
-
-SITE_MAPS = {"gpt2": gpt2_sites}
-
-
-def node_sites(model) -> list[Site]:
-    family_of(model)  # a clear error for an unmapped family
-    return SITE_MAPS[model.config.model_type](model)
+__all__ = ["SITE_NAMES", "Site", "count_nodes", "hooked", "node_sites", "site_means"]
 
 
 def count_nodes(sites: list[Site]) -> int:
@@ -61,7 +20,7 @@ def count_nodes(sites: list[Site]) -> int:
 
 
 def _main_output(output):
-    """The tensor a module returns (GPT-2 attention returns (output, weights))."""
+    """The tensor a module returns (attention modules return (output, weights))."""
     return output[0] if isinstance(output, tuple) else output
 
 
@@ -69,25 +28,57 @@ def _replace_main_output(output, tensor):
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
-@contextmanager
-def hooked(model, sites: list[Site], edit):
-    """Inside the block, `edit(site, x)` sees each site's channels on every forward pass and
-    returns their replacement; one forward hook per module, removed on exit."""
-    by_module: dict[str, list[Site]] = {}
-    for site in sites:
-        by_module.setdefault(site.module, []).append(site)
-    handles = []
-    for path, module_sites in by_module.items():
-        def hook(module, args, output, module_sites=module_sites):
-            x = _main_output(output)
+def _channel_editor(sites: list[Site], edit):
+    """x -> x with each site's channels replaced by `edit(site, channels)`, for the sites of one hook."""
+    flatten = sites[0].flatten
+    ordered = sorted(sites, key=lambda s: s.start)
+    positions: dict[tuple[str, torch.device], torch.Tensor] = {}  # index tensors, made once per device
+
+    def index(site, device):
+        if (site.key, device) not in positions:
+            positions[site.key, device] = torch.tensor(site.positions, device=device)
+        return positions[site.key, device]
+
+    def rewrite(x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if flatten > 1:
+            x = x.flatten(-flatten)
+        if all(s.is_slice for s in ordered):  # one concatenation of untouched and edited slices
             pieces, cursor = [], 0
-            for site in sorted(module_sites, key=lambda s: s.start):
+            for site in ordered:
                 pieces += [x[..., cursor : site.start], edit(site, x[..., site.start : site.start + site.width])]
                 cursor = site.start + site.width
             pieces.append(x[..., cursor:])
-            return _replace_main_output(output, torch.cat(pieces, dim=-1))
+            x = torch.cat(pieces, dim=-1)
+        else:
+            for site in ordered:
+                where = index(site, x.device)
+                x = x.index_copy(-1, where, edit(site, x.index_select(-1, where)))
+        return x.reshape(shape)
 
-        handles.append(model.get_submodule(path).register_forward_hook(hook))
+    return rewrite
+
+
+@contextmanager
+def hooked(model, sites: list[Site], edit):
+    """Inside the block, `edit(site, x)` sees each site's channels (last axis) on every forward pass
+    and returns their replacement; one hook per module and side, removed on exit."""
+    groups: dict[tuple[str, bool], list[Site]] = {}
+    for site in sites:
+        groups.setdefault((site.module, site.on_input), []).append(site)
+    handles = []
+    for (path, on_input), group in groups.items():
+        module, rewrite = model.get_submodule(path), _channel_editor(group, edit)
+        if on_input:
+            def pre_hook(module, args, rewrite=rewrite):
+                return (rewrite(args[0]), *args[1:])
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
+        else:
+            def hook(module, args, output, rewrite=rewrite):
+                return _replace_main_output(output, rewrite(_main_output(output)))
+
+            handles.append(module.register_forward_hook(hook))
     try:
         yield
     finally:
@@ -99,17 +90,17 @@ def hooked(model, sites: list[Site], edit):
 def site_means(model, sites: list[Site], blocks: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Mean activation of every node over `blocks` (pooled over sequences and positions): the
     value a removed node is held at."""
-    sums = {s.key: torch.zeros(s.width, dtype=torch.float64) for s in sites}
+    device = next(model.parameters()).device
+    sums = {s.key: torch.zeros(s.width, dtype=torch.float64, device=device) for s in sites}
     count = 0
 
     def record(site, x):
-        sums[site.key] += x.detach().double().reshape(-1, site.width).sum(0).cpu()
+        sums[site.key] += x.detach().double().reshape(-1, site.width).sum(0)
         return x
 
-    device = next(model.parameters()).device
     with hooked(model, sites, record):
         for start in range(0, len(blocks), batch_size):
             batch = blocks[start : start + batch_size].to(device)
             model(input_ids=batch)
             count += batch.numel()
-    return {key: (value / count).float() for key, value in sums.items()}
+    return {key: (value / count).float().cpu() for key, value in sums.items()}

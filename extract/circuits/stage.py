@@ -161,10 +161,19 @@ def summarise(tasks: dict) -> dict:
             "edge_ratio": dense / sparse if dense and sparse else None}
 
 
-def prune_stage(recipe: Recipe) -> dict:
-    """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved)."""
-    from extract.plots import draw_circuit, plot_loss_vs_edges
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
+
+def prune_stage(recipe: Recipe, device: torch.device | str | None = None) -> dict:
+    """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved).
+
+    Everything that runs a model (means, mask training, bisection, checks, calibration, edge counts)
+    runs on `device` (default: the GPU when there is one). Each model is moved there for its own
+    tasks and back after, so only one model at a time takes device memory."""
+    from extract.plots import plot_loss_vs_edges
+
+    device = torch.device(device) if device is not None else default_device()
     if not recipe.tasks:
         raise ValueError("the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
     out = Path(recipe.output_dir) / CIRCUITS_DIRNAME
@@ -173,42 +182,52 @@ def prune_stage(recipe: Recipe) -> dict:
     tasks: dict[str, dict] = {}
     curves: dict[str, dict[str, list]] = {}
     for entry in models:
-        sites = node_sites(entry.model)
-        blocks = _mean_blocks(recipe, entry.tokenizer)
-        fingerprint = weights_fingerprint(entry.model)
-        means = cached_means(entry.model, sites, blocks, out / "means", fingerprint)
-        max_context = entry.model.config.n_positions
-        for task in recipe.tasks:
-            data = load_task(task, entry.tokenizer, max_context, recipe)
-            if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
-                continue  # the control is for circuits the report claims, not for tasks no model does
-            result_path = out / RESULTS_DIRNAME / f"{data.name}.{_slug(entry.role)}.json"
-            key = result_key(recipe, fingerprint, means, data)
-            saved = load_result(result_path, key)
-            if saved is not None:  # a rerun after an interruption: this one is done
-                tasks.setdefault(data.name, {})[entry.role] = saved["result"]
-                curves.setdefault(data.name, {})[entry.role] = saved["curve"]
-                log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved["result"],
-                                                                      cfg.target_loss))
-                continue
-            bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
-            found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
-                                 prune_unsolved=entry.role == RANDOM_INIT)
-            bar.close()
-            tasks.setdefault(data.name, {})[entry.role] = found.result
-            curves.setdefault(data.name, {})[entry.role] = found.curve
-            if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
-                record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg.target_loss)
-                write_circuit(out / f"{data.name}.{_slug(entry.role)}.json", record)
-                if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
-                    draw_circuit(record, out / f"{data.name}.{_slug(entry.role)}.png")
-            # written last, after the circuit files: its presence means this (task, model) is complete
-            checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
-            log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+        entry.model.to(device)
+        _prune_model(entry, recipe, out, tasks, curves)
+        entry.model.to("cpu")
     result = {"target_loss": cfg.target_loss, "tasks": tasks, "summary": summarise(tasks)}
     checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png")
     return result
+
+
+def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, curves: dict) -> None:
+    """Every recipe task on one model (already on its device); fills `tasks` and `curves`."""
+    from extract.plots import draw_circuit
+
+    cfg = recipe.prune
+    sites = node_sites(entry.model)
+    blocks = _mean_blocks(recipe, entry.tokenizer)
+    fingerprint = weights_fingerprint(entry.model)
+    means = cached_means(entry.model, sites, blocks, out / "means", fingerprint)
+    max_context = entry.model.config.max_position_embeddings  # every HF config answers to this name
+    for task in recipe.tasks:
+        data = load_task(task, entry.tokenizer, max_context, recipe)
+        if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
+            continue  # the control is for circuits the report claims, not for tasks no model does
+        result_path = out / RESULTS_DIRNAME / f"{data.name}.{_slug(entry.role)}.json"
+        key = result_key(recipe, fingerprint, means, data)
+        saved = load_result(result_path, key)
+        if saved is not None:  # a rerun after an interruption: this one is done
+            tasks.setdefault(data.name, {})[entry.role] = saved["result"]
+            curves.setdefault(data.name, {})[entry.role] = saved["curve"]
+            log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved["result"],
+                                                                  cfg.target_loss))
+            continue
+        bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
+        found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
+                             prune_unsolved=entry.role == RANDOM_INIT)
+        bar.close()
+        tasks.setdefault(data.name, {})[entry.role] = found.result
+        curves.setdefault(data.name, {})[entry.role] = found.curve
+        if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
+            record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg.target_loss)
+            write_circuit(out / f"{data.name}.{_slug(entry.role)}.json", record)
+            if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
+                draw_circuit(record, out / f"{data.name}.{_slug(entry.role)}.png")
+        # written last, after the circuit files: its presence means this (task, model) is complete
+        checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
+        log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
 
 
 class _LazyBar:

@@ -1,0 +1,59 @@
+"""The training losses: next-token cross-entropy, and KL divergence to the frozen dense teacher.
+
+At a 50k vocabulary the (positions x vocabulary) tensors of these losses are the largest thing a
+step makes beside the weights and activations (one is 103 MB at 2 x 256 tokens in float32), so
+they are written to hold few at once: the student's logits are let go once their log-softmax
+exists, and the KL is summed chunk by chunk from the teacher's raw logits by an autograd function
+that keeps only those logits and one log-sum-exp per position (bench/README.md has the measurements).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+KL_CHUNK_FLOATS = 2**22  # a chunk of the KL sum spans this many (position, token) entries: 16 MB per temporary
+
+
+class _KLToTeacher(torch.autograd.Function):
+    """Sum over positions and vocabulary of p * (log p - log q): p the teacher's distribution, from
+    its logits (batch, positions + 1, vocabulary), of which all but the last position are used; log q
+    the student's log-probabilities (batch, positions, vocabulary). The subtraction happens element by
+    element before the sum, as in F.kl_div (a difference of two large sums loses digits)."""
+
+    @staticmethod
+    def forward(ctx, student_logp: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        batch, positions, vocab = student_logp.shape
+        rows = max(1, KL_CHUNK_FLOATS // vocab)
+        lse = torch.empty(batch, positions, 1, dtype=torch.float32, device=student_logp.device)
+        total = torch.zeros((), dtype=torch.float32, device=student_logp.device)
+        for b in range(batch):
+            for start in range(0, positions, rows):
+                end = min(start + rows, positions)
+                logits = teacher_logits[b, start:end].float()
+                lse[b, start:end] = logits.logsumexp(-1, keepdim=True)
+                teacher_logp = logits - lse[b, start:end]
+                total += (teacher_logp.exp() * (teacher_logp - student_logp[b, start:end])).sum()
+        ctx.save_for_backward(teacher_logits, lse)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        teacher_logits, lse = ctx.saved_tensors
+        teacher_p = (teacher_logits[:, : lse.shape[1]].float() - lse).exp_()
+        return teacher_p.mul_(-grad), None  # d/d(log q) of -p log q, in one new tensor
+
+
+def token_losses(model, input_ids: torch.Tensor, teacher=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean next-token cross-entropy and, with a teacher, mean KL(teacher || model) per token."""
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    # one log-softmax serves both losses (cross_entropy would compute its own); its backward needs
+    # only its output, so the logits can go
+    student_logp = F.log_softmax(logits.float(), dim=-1)
+    del logits
+    ce = F.nll_loss(student_logp.flatten(0, 1), input_ids[:, 1:].flatten())
+    if teacher is None:
+        return ce, None
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=input_ids).logits
+    positions = student_logp.shape[0] * student_logp.shape[1]
+    return ce, _KLToTeacher.apply(student_logp, teacher_logits) / positions
