@@ -64,7 +64,11 @@ def model_config(cfg: ModelConfig, vocab_size: int | None = None):
     """The transformers config of the model a recipe names, without loading any weights."""
     if cfg.init_config is not None:
         shape = {"vocab_size": vocab_size, **cfg.init_config}
-        return AutoConfig.for_model(shape.pop("model_type", DEFAULT_INIT_MODEL_TYPE), **shape)
+        model_type = shape.pop("model_type", DEFAULT_INIT_MODEL_TYPE)
+        try:
+            return AutoConfig.for_model(model_type, **shape)
+        except ValueError as error:
+            raise ModelLoadError(f"model.init_config.model_type: {error}") from None
     source = _resolve(cfg.name_or_path)
     source = _adapter_base(source) or source
     try:

@@ -304,3 +304,20 @@ def test_saved_density_reads_every_sparsified_tensor_as_saved(variant, tmp_path)
         loaded.get_output_embeddings().weight.zero_()
     with pytest.raises(ValueError, match="do not match"):
         saved_density(tmp_path, loaded)
+
+
+def test_init_config_builds_any_family_and_names_an_unknown_one():
+    from extract.models import ModelLoadError, load_model
+    from extract.recipe import ModelConfig
+
+    shape = {"model_type": "llama", "hidden_size": 24, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 37, "num_hidden_layers": 1}
+    model = load_model(ModelConfig(init_config=shape), vocab_size=50)
+    assert model.config.model_type == "llama" and model.get_input_embeddings().weight.shape == (50, 24)
+    assert len(node_sites(model)) == 8
+    assert load_model(ModelConfig(init_config={"n_layer": 1, "n_embd": 8, "n_head": 2}), vocab_size=50
+                      ).config.model_type == "gpt2"  # the default
+    with pytest.raises(ModelLoadError, match=r"model.init_config.model_type: .*no_such_family"):
+        load_model(ModelConfig(init_config={"model_type": "no_such_family"}), vocab_size=50)
+    with pytest.raises(ModelLoadError, match=r"model.init_config: model_type 'opt' has no architecture mapping"):
+        load_model(ModelConfig(init_config={"model_type": "opt"}), vocab_size=50)
