@@ -53,7 +53,7 @@ def model_section(model, heldout, quotes, teacher=None) -> dict:
     return section
 
 
-def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str = "cpu") -> dict:
+def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -> dict:
     """Score the dense and the saved sparse model on `device` and write the report from the outputs."""
     out = Path(recipe.output_dir)
     model_dir = out / MODEL_DIRNAME

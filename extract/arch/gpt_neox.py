@@ -22,14 +22,14 @@ def _qkv_positions(part: int, heads: int, head_dim: int) -> tuple[int, ...]:
 
 def sites(model) -> list[Site]:
     layers, d, heads, head_dim, d_mlp = _shape(model)
+    qkv = [(name, _qkv_positions(part, heads, head_dim)) for part, name in enumerate(("q", "k", "v"))]
     out = []
     for layer in range(layers):
         block = f"gpt_neox.layers.{layer}"
         fused = f"{block}.attention.query_key_value"
         out += [
             Site(layer, "attn_in", f"{block}.input_layernorm", d),
-            *(Site(layer, name, fused, d, positions=_qkv_positions(part, heads, head_dim))
-              for part, name in enumerate(("q", "k", "v"))),
+            *(Site(layer, name, fused, d, positions=positions) for name, positions in qkv),
             Site(layer, "attn_out", f"{block}.attention", d),
             Site(layer, "mlp_in", f"{block}.post_attention_layernorm", d),
             Site(layer, "mlp", f"{block}.mlp.act", d_mlp),

@@ -161,19 +161,14 @@ def summarise(tasks: dict) -> dict:
             "edge_ratio": dense / sparse if dense and sparse else None}
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def prune_stage(recipe: Recipe, device: torch.device | str | None = None) -> dict:
+def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
     """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved).
 
     Everything that runs a model (means, mask training, bisection, checks, calibration, edge counts)
-    runs on `device` (default: the GPU when there is one). Each model is moved there for its own
-    tasks and back after, so only one model at a time takes device memory."""
+    runs on `device` (the accelerator's). Each model is moved there for its own tasks and back after,
+    so only one model at a time takes device memory."""
     from extract.plots import plot_loss_vs_edges
 
-    device = torch.device(device) if device is not None else default_device()
     if not recipe.tasks:
         raise ValueError("the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
     out = Path(recipe.output_dir) / CIRCUITS_DIRNAME
