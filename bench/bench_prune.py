@@ -55,12 +55,13 @@ def main():
     blocks, _ = prepare_heldout(recipe, tokenizer)
     means = site_means(model, sites, blocks[: cfg.mean_blocks])
     train = builtin_task(args.task, tokenizer, "train", cfg.train_pairs)
-    heldout = builtin_task(args.task, tokenizer, "heldout", cfg.heldout_pairs)
+    validation = builtin_task(args.task, tokenizer, "validation", cfg.validation_pairs)
+    test = builtin_task(args.task, tokenizer, "test", cfg.test_pairs)
     rows = {"threads": torch.get_num_threads(), "task": args.task}
     for batch_size in (32, 64):
         rows[f"mask_step_seconds_batch{batch_size}"] = step_seconds(model, NodeMask(sites, means), train, batch_size)
     start = time.perf_counter()
-    found = find_circuit(model, sites, means, TaskData(args.task, train, heldout), cfg)
+    found = find_circuit(model, sites, means, TaskData(args.task, train, validation, test), cfg)
     rows.update(whole_task_seconds=time.perf_counter() - start, steps=cfg.steps, batch_size=cfg.batch_size,
                 circuit=found.result["circuit"])
     print(json.dumps(rows, indent=2))

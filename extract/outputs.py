@@ -113,25 +113,53 @@ def retry_note(entry: dict) -> str:
 
 def _circuit_cells(entry: dict | None, target: float) -> list[str]:
     if not entry:
-        return ["-"] * 7
+        return ["-"] * 8
     full = f"{entry['full_loss']:.3f} / {entry['full_accuracy']:.2f}"
+    local = f"{entry['local_loss']:.3f}" + (" (short-range)" if entry.get("short_range") else "")
     circuit = entry.get("circuit")
     if circuit is None:
         pruned = "reached_target" in entry  # the random-init control is pruned even though unsolved
         why = (f"pruned: no circuit reaches {target} (k_coef {', '.join(penalties_tried(entry))})" if pruned
                else "not solved by the full model")
-        return [full, why, "", "", "", "", ""]
+        return [full, local, why, "", "", "", "", ""]
     verdict = ("yes" if circuit["sufficient"] else "NO") + " / " + ("yes" if circuit["necessary"] else "NO")
     if circuit.get("fits_through_ablation"):
         verdict += " (fits through ablation)"
     retried = retry_note(entry)
     if retried:
         verdict += f"; {retried}"
-    loss = f"{circuit['loss']:.3f}"
-    if circuit.get("calibrated_loss") is not None:
-        loss += f" ({circuit['calibrated_loss']:.3f})"
-    return [full, str(circuit["nodes"]), f"{circuit['edges']:,}", loss,
-            f"{circuit['ablated_loss']:.3f}", f"{circuit['random_loss']:.3f}", verdict]
+    loss = f"{circuit['loss']:.3f} ({circuit['validation_loss']:.3f})"
+    calibrated = _number(circuit.get("calibrated_loss"))
+    return [full, local, str(circuit["nodes"]), f"{circuit['edges']:,}", loss, calibrated,
+            f"{circuit['ablated_loss']:.3f}", verdict]
+
+
+def _control_cells(entry: dict) -> list[str]:
+    circuit = entry["circuit"]
+    randoms = (f"{circuit['random_loss']:.3f} / {circuit['random_loss_min']:.3f} / "
+               f"{circuit['random_reached']} of {circuit['random_draws']}") if circuit.get("random_draws") else "-"
+    twin = entry.get("nonsense")
+    nonsense = "-" if not twin else (f"{_number(twin['mask_loss'])} / {_number(twin['loss'])} / "
+                                     + ("**REACHES**" if twin["reached_target"] else "no"))
+    base = entry.get("attribution")
+    attribution = "-" if not base else ("no top-k reaches the target" if base["edges"] is None else
+                                        f"{base['nodes']} / {base['edges']:,} / {base['loss']:.3f}")
+    return [randoms, nonsense, attribution]
+
+
+def _ratio_line(summary: dict, which: str) -> str:
+    if not summary.get("edge_ratio"):
+        return f"No {which} has a circuit sufficient on test in both the dense and the sparse model: no edge ratio."
+    return (f"Over the {len(summary['tasks_compared'])} {which} both models solve "
+            f"({', '.join(summary['tasks_compared'])}): geometric-mean circuit edges "
+            f"{summary['edges_geomean_dense']:,.0f} dense vs {summary['edges_geomean_sparse']:,.0f} sparse, "
+            f"a ratio of **{summary['edge_ratio']:.1f}x**.")
+
+
+FLAGS = {"not_sufficient_on_test": "Circuits chosen on validation that miss the target on test",
+         "random_reached": "Circuits for which some random circuit of the same shape reaches the target",
+         "nonsense_reached": "Circuits whose nonsense twin reaches the target (pruning can fit the labels)",
+         "attribution_not_larger": "Circuits no smaller than the attribution baseline's"}
 
 
 def report_markdown(report: dict) -> str:
@@ -153,26 +181,39 @@ def report_markdown(report: dict) -> str:
     if tasks:
         target = report.get("target_loss", 0.15)
         lines += ["## Circuits", "",
-                  f"Target task loss {target}. Sufficient: the circuit alone (everything else mean-ablated) reaches "
-                  f"the target. Necessary: ablating only the circuit raises the loss to at least ln(2)/2. Random: "
-                  "a circuit with as many nodes at every site, chosen at random (it should miss the target). In "
-                  "brackets: the circuit's loss after fitting a scale and a shift of its final logits on training "
-                  "examples (reported only; the checks use the raw loss).", "",
-                  "| task | model | full loss / acc | nodes | edges | circuit loss (calibrated) | ablated loss "
-                  "| random loss "
-                  "| sufficient / necessary |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  f"Target task loss {target}. Each task has three disjoint splits: the mask trains on **train**, "
+                  "bisection picks the circuit size on **validation**, and every figure below is read on "
+                  "**test** (validation loss in brackets). Last-tokens: the full model's loss on prompts cut to "
+                  "their last few tokens; a task solved from there is short-range. Sufficient: the circuit alone "
+                  "(everything else mean-ablated) reaches the target. Necessary: ablating only the circuit raises "
+                  "the loss to at least ln(2)/2. Calibrated: the circuit's test loss after fitting a scale and a "
+                  "shift of its final logits on train (reported only; the checks use the raw loss).", "",
+                  "| task | model | full loss / acc | last-tokens loss | nodes | edges | circuit loss (validation) "
+                  "| calibrated | ablated loss | sufficient / necessary |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, by_role in tasks.items():
             for role, entry in by_role.items():
                 lines.append("| " + " | ".join([name, role, *_circuit_cells(entry, target)]) + " |")
+        controlled = [(name, role, e) for name, by_role in tasks.items() for role, e in by_role.items()
+                      if e.get("circuit") and role != "random_init"]
+        if controlled:
+            lines += ["", "## Controls", "",
+                      "On test, for each circuit. Random circuits: as many nodes at every site, at random (mean / "
+                      "lowest loss / how many reach the target; none should). Nonsense twin: the same prompts with "
+                      "labels that ignore the deciding detail, pruned with the same settings (loss with every node "
+                      "its mask kept / loss of the circuit bisection chose / whether that reaches the target; it "
+                      "should not). Attribution baseline: top nodes by attribution patching, sized on validation "
+                      "(nodes / edges / loss); learned masks should need fewer edges.", "",
+                      "| task | model | random circuits | nonsense twin | attribution baseline |",
+                      "| --- | --- | --- | --- | --- |"]
+            lines += ["| " + " | ".join([name, role, *_control_cells(e)]) + " |" for name, role, e in controlled]
         summary = report.get("summary") or {}
-        lines += ["", "## Summary", ""]
-        if summary.get("edge_ratio"):
-            lines.append(f"Over the tasks both models solve ({', '.join(summary['tasks_compared'])}): geometric-mean "
-                         f"circuit edges {summary['edges_geomean_dense']:,.0f} dense vs "
-                         f"{summary['edges_geomean_sparse']:,.0f} sparse, a ratio of {summary['edge_ratio']:.1f}x.")
-        else:
-            lines.append("No task has a sufficient circuit in both the dense and the sparse model, so there is no "
-                         "edge ratio.")
+        lines += ["", "## Summary", "", _ratio_line(summary, "tasks")]
+        if summary.get("context"):
+            lines += ["", _ratio_line(summary["context"], "context tasks")]
+        for key, label in FLAGS.items():
+            if summary.get(key):
+                lines += ["", f"{label}: {', '.join(summary[key])}."]
         lines += ["", "Pictures: `circuits/loss_vs_edges.png` (task loss against circuit edges) and "
                       "`circuits/TASK.sparse.png` (each sparse circuit). Circuit files: `circuits/TASK.MODEL.json`.",
                   ""]

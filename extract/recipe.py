@@ -115,7 +115,7 @@ class PruneConfig:
     """Circuit pruning (METHOD.md section 3). The defaults are meant to work on every task without
     a search: one setting, and the same short list of fallback penalties, for every task and model."""
 
-    target_loss: float = 0.15  # a circuit is sufficient when its held-out task loss is at most this
+    target_loss: float = 0.15  # a circuit is sufficient when its test-split task loss is at most this
     steps: int = 100  # measured as good as 200 x 64 on the embedded model's quote task, at a quarter of the cost
     batch_size: int = 32  # examples per mask step
     lr: float = 3e-2
@@ -125,8 +125,18 @@ class PruneConfig:
     k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4])
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
-    train_pairs: int = 1000  # balanced pairs per built-in task for training the mask
-    heldout_pairs: int = 100  # for bisection and the checks
+    # Three disjoint splits per task: the mask learns on train, bisection picks the size on validation,
+    # and every reported figure (full model, circuit, checks, controls) is read on test.
+    train_pairs: int = 1000  # balanced pairs per built-in task
+    validation_pairs: int = 100
+    test_pairs: int = 100
+    # Bisection keeps the smallest circuit whose validation loss plus this many standard errors is at
+    # most the target, so that the circuit stays sufficient on test (docs/circuits.md: measured).
+    validation_margin_se: float = 2.0
+    random_draws: int = 10  # random circuits with the same nodes per site, per circuit: none should be sufficient
+    nonsense_control: bool = True  # prune each task's twin with labels that ignore the deciding detail
+    attribution_baseline: bool = True  # attribution patching's top-k nodes, the baseline learned masks must beat
+    local_tokens: int = 4  # a task solved from the prompt's last this-many tokens is short-range
     mean_blocks: int = 64  # held-out pretraining sequences for the mean-ablation values
     # "dense" (model.name_or_path), "sparse" (OUTPUT_DIR/model), or any saved model's path or Hub id
     models: list[str] = field(default_factory=lambda: ["dense", "sparse"])
@@ -271,10 +281,14 @@ def validate(recipe: Recipe) -> None:
     _check(recipe.eval.quote_examples >= 0, "eval.quote_examples", "must be >= 0", recipe.eval.quote_examples)
     p = recipe.prune
     _check(0 < p.target_loss < math.log(2), "prune.target_loss", "must be in (0, ln 2)", p.target_loss)
-    for key in ("steps", "batch_size", "train_pairs", "heldout_pairs", "mean_blocks"):
+    for key in ("steps", "batch_size", "train_pairs", "validation_pairs", "test_pairs", "mean_blocks",
+                "local_tokens"):
         _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
     _check(p.lr > 0 and p.k_coef >= 0 and p.weight_decay >= 0, "prune", "lr must be > 0, k_coef and "
            "weight_decay >= 0", (p.lr, p.k_coef, p.weight_decay))
+    _check(p.random_draws >= 0, "prune.random_draws", "must be >= 0", p.random_draws)
+    _check(p.validation_margin_se >= 0 and math.isfinite(p.validation_margin_se), "prune.validation_margin_se",
+           "must be a number >= 0", p.validation_margin_se)
     _check(all(k >= 0 for k in p.k_coef_fallbacks), "prune.k_coef_fallbacks", "every value must be >= 0",
            p.k_coef_fallbacks)
     _check_tasks(recipe.tasks)

@@ -90,7 +90,8 @@ def merge_circuits(report: dict, out: Path) -> dict:
     circuits = out / "circuits" / "circuits.json"
     if circuits.exists():
         found = json.loads(circuits.read_text())
-        report.update(target_loss=found["target_loss"], tasks=found["tasks"], summary=found["summary"])
+        report.update(target_loss=found["target_loss"], splits=found.get("splits"), tasks=found["tasks"],
+                      summary=found["summary"])
     checkpoints.write_json_atomic(out / "report.json", report)
     checkpoints.write_text_atomic(out / "report.md", report_markdown(report))
     return report

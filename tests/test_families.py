@@ -272,7 +272,7 @@ def test_sparsify_then_prune_a_saved_model_of_each_family(variant, write_recipe,
     pruned = tmp_path / "pruned"
     run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", dense_dir, "--task", "single_double_quote",
             "--task", quote_task, f"output_dir={pruned}", "prune.steps=80", "prune.batch_size=32", "prune.lr=0.05",
-            "prune.mean_blocks=8", "prune.heldout_pairs=20", "prune.train_pairs=40")
+            "prune.mean_blocks=8", "prune.validation_pairs=20", "prune.test_pairs=20", "prune.train_pairs=40")
     report = json.loads((pruned / "report.json").read_text())
     assert set(report["tasks"]) == {"single_double_quote", "quotes"}
     builtin = report["tasks"]["single_double_quote"][str(dense_dir)]

@@ -18,7 +18,7 @@ def quote_model(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("quote-model")
     task_file = root / "quotes.jsonl"
-    task_file.write_text("\n".join(quote_lines(150, seed=0)) + "\n")
+    task_file.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     examples = load_task_file(task_file, tokenizer, max_context=64)
     torch.manual_seed(0)
@@ -55,7 +55,15 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     assert entry["solved"] and entry["full_loss"] < 0.15
     circuit = entry["circuit"]
     assert circuit["sufficient"] and circuit["necessary"] and circuit["loss"] <= 0.15
-    assert circuit["random_loss"] > 0.15  # the control: as many nodes per site, at random, fail
+    # the size was chosen on validation with a margin of 2 standard errors; every figure is read on test
+    assert circuit["validation_loss"] + 2 * circuit["validation_loss_se"] <= 0.15
+    assert entry["examples"]["test"] > 0 and report["splits"]["test"].startswith("every reported")
+    # the controls: random circuits of the same shape and the nonsense twin reach nothing
+    assert circuit["random_draws"] == 10 and circuit["random_reached"] == 0 and circuit["random_loss_min"] > 0.15
+    assert not entry["nonsense"]["reached_target"] and entry["nonsense"]["k_coef"] == [1e-3, 3e-4, 1e-4]
+    assert entry["nonsense"]["mask_loss"] > 0.5  # not even every node the twin's mask kept fits random labels
+    # the attribution baseline needs more edges than the learned mask
+    assert entry["attribution"]["sufficient"] and entry["attribution"]["edges"] > circuit["edges"]
     assert 0 <= circuit["calibrated_loss"] < 0.693 and circuit["calibration"]["scale"] > 0  # reported beside
     assert 0 < circuit["nodes"] < entry["mask_kept_nodes"] <= 2 * (4 * 32 + 3 * 32 + 128)
     assert "quotes" in (out / "report.md").read_text()
@@ -76,7 +84,7 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     mask = NodeMask(sites, load_file(means_file))
     recipe, _ = load_recipe(str(out / "recipe.yaml"))
     task = load_task(TaskFileRef(str(task_file)), AutoTokenizer.from_pretrained(model_dir), 64, recipe)
-    assert scores_with_gates(model, mask, gates, task.heldout)["loss"] == pytest.approx(circuit["loss"], abs=1e-5)
+    assert scores_with_gates(model, mask, gates, task.test)["loss"] == pytest.approx(circuit["loss"], abs=1e-5)
 
     # the same command again (as after an interruption) reuses the finished (task, model) result
     rerun = run_cli(*args)
@@ -106,7 +114,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
     else:
         assert summary["tasks_compared"] == [] and summary["edge_ratio"] is None
     md = (out / "report.md").read_text()
-    assert "| quotes | dense |" in md and "| quotes | random_init |" in md
+    assert "| quotes | dense |" in md and "| quotes | random_init |" in md and "## Controls" in md
     assert "pruned: no circuit reaches 0.15 (k_coef 0.001, 0.0003, 0.0001)" in md
 
 

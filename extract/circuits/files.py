@@ -11,7 +11,8 @@ import torch
 from extract import checkpoints
 from extract.circuits.edges import list_edges
 
-FORMAT_VERSION = 3  # 2: circuits carry calibrated_loss and calibration; 3: k_coef and attempts
+# 2: calibrated_loss and calibration; 3: k_coef and attempts; 4: train/validation/test splits and controls
+FORMAT_VERSION = 4
 
 
 def circuit_record(model, task: str, role: str, model_path: str, found, target_loss: float) -> dict:

@@ -1,8 +1,10 @@
-"""One task on one model: score the full model, prune a circuit, check it, trace loss against size.
+"""One task on one model: score the full model, prune a circuit, check it, run the controls, trace
+loss against size.
 
 The same function runs for the dense model, the sparse model and the random-init control, so
-nothing special-cases either (DESIGN.md). Everything returned is plain data for the report and the
-circuit file.
+nothing special-cases either (DESIGN.md). Splits (METHOD.md section 4, "Unseen examples"): the mask
+learns on train, bisection picks the circuit size on validation, and every figure returned is read
+on test. Everything returned is plain data for the report and the circuit file.
 """
 from __future__ import annotations
 
@@ -13,54 +15,64 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from extract.circuits.attribution import attribution_circuit
 from extract.circuits.calibrate import calibrate_circuit
 from extract.circuits.checks import check_circuit
 from extract.circuits.edges import count_edges
 from extract.circuits.masks import NodeMask
-from extract.circuits.prune import discretise, scores_with_gates, top_k_gates, train_mask
+from extract.circuits.prune import gates_of, mask_ranking, scores_with_gates, smallest_circuit, train_mask
 from extract.circuits.sites import Site
 from extract.recipe import PruneConfig
-from extract.tasks.examples import TaskExample, two_way_scores
+from extract.tasks.examples import TaskExample, last_tokens, two_way_scores
+from extract.tasks.nonsense import nonsense_twin
 
 # A circuit scoring under half the full model's loss (and at least this much under it) does the task
 # better than the model does: the mean ablation is fitting the task, not exposing a mechanism.
 ABLATION_FIT_MARGIN = 0.05
 CURVE_POINTS = 8
+SPLIT_ROLES = {"train": "the mask's training", "validation": "choosing the circuit size",
+               "test": "every reported loss, check and control"}
 
 
 @dataclass
 class TaskData:
     name: str
     train: list[TaskExample] | Callable[[], list[TaskExample]]  # a callable builds them when first needed
-    heldout: list[TaskExample]
+    validation: list[TaskExample]
+    test: list[TaskExample]
 
     def train_examples(self) -> list[TaskExample]:
         if callable(self.train):
             self.train = self.train()
         return self.train
 
+    def nonsense(self, seed: int) -> TaskData:
+        """The twin with labels that ignore the deciding detail, split for split."""
+        return TaskData(f"{self.name} (nonsense)", nonsense_twin(self.train_examples(), seed),
+                        nonsense_twin(self.validation, seed), nonsense_twin(self.test, seed))
+
 
 @dataclass
 class Found:
     result: dict  # the report entry: full_loss, full_accuracy, solved, circuit (or None), ...
     gates: dict[str, torch.Tensor] | None  # the circuit's 0/1 gates per site, None without one
-    curve: list[dict]  # [{"nodes", "edges", "loss"}] along the tau ranking
+    curve: list[dict]  # [{"nodes", "edges", "loss"}] along the tau ranking, on test
 
 
 def fits_through_ablation(circuit_loss: float, full_loss: float) -> bool:
     return circuit_loss < 0.5 * full_loss and full_loss - circuit_loss > ABLATION_FIT_MARGIN
 
 
-def loss_edges_curve(model, mask: NodeMask, heldout: list[TaskExample], points: int = CURVE_POINTS) -> list[dict]:
-    """Held-out loss and edges of the top-k circuits for k on a geometric grid inside the kept set."""
-    candidates = torch.nonzero(mask.flat_taus() > 0).flatten()
-    if len(candidates) == 0:
+def loss_edges_curve(model, mask: NodeMask, test: list[TaskExample], points: int = CURVE_POINTS) -> list[dict]:
+    """Test loss and edges of the top-k circuits for k on a geometric grid inside the kept set."""
+    ranking = mask_ranking(mask)
+    if len(ranking) == 0:
         return []
-    sizes = sorted({max(1, round(len(candidates) ** (i / (points - 1)))) for i in range(points)})
+    sizes = sorted({max(1, round(len(ranking) ** (i / (points - 1)))) for i in range(points)})
     curve = []
     for k in sizes:
-        gates = top_k_gates(mask, k, candidates)
-        loss = scores_with_gates(model, mask, gates, heldout)["loss"]
+        gates = gates_of(mask, ranking[:k])
+        loss = scores_with_gates(model, mask, gates, test)["loss"]
         curve.append({"nodes": k, "edges": count_edges(model, {s: g.bool() for s, g in gates.items()}), "loss": loss})
     return curve
 
@@ -70,48 +82,85 @@ def penalties(cfg: PruneConfig) -> list[float]:
     return [cfg.k_coef, *cfg.k_coef_fallbacks]
 
 
-def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task: TaskData, cfg: PruneConfig,
-                 *, prune_unsolved: bool = False, on_step=None, on_attempt=None) -> Found:
-    """Prune `task` on `model`. A model that does not reach the target itself is reported as such
-    and not pruned, unless `prune_unsolved` (the random-init control, whose point is that pruning
-    alone must not make it reach the target).
-
-    A mask that misses the target is retrained with each fallback penalty in turn, the same for
-    every model (the control too, so it gets every chance the real models get)."""
-    model.eval()
+def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_attempt):
+    """Train a mask with each penalty in turn until bisection finds a circuit; (mask, found, attempts)."""
     device = next(model.parameters()).device
-    start = time.time()
-    full = two_way_scores(model, task.heldout)
-    result = {"full_loss": full["loss"], "full_accuracy": full["accuracy"],
-              "solved": full["loss"] <= cfg.target_loss, "circuit": None, "device": str(device)}
-    if not result["solved"] and not prune_unsolved:
-        return Found(result, None, [])
     attempts = []
     for k_coef in penalties(cfg):
         if on_attempt is not None:
-            on_attempt(k_coef)
+            on_attempt(f"k_coef={k_coef:g}")
         torch.manual_seed(cfg.seed)
         mask = NodeMask(sites, means).to(device)  # taus drawn on the CPU: the same circuit on any device
         train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
-        found = discretise(model, mask, task.heldout, cfg.target_loss)
+        found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss,
+                                 cfg.validation_margin_se)
         attempts.append({"k_coef": k_coef, "mask_kept_nodes": int((mask.flat_taus() > 0).sum()),
                          "reached_target": found is not None})
         if found is not None:
             break
-    result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts)
-    curve = loss_edges_curve(model, mask, task.heldout)  # along the ranking of the mask reported
+    return mask, found, attempts
+
+
+def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task: TaskData, cfg: PruneConfig,
+                 *, prune_unsolved: bool = False, controls: bool = True, on_step=None, on_attempt=None) -> Found:
+    """Prune `task` on `model`. A model that does not reach the target itself (on test) is reported
+    as such and not pruned, unless `prune_unsolved` (the controls, whose point is that pruning alone
+    must not make them reach the target).
+
+    A mask that misses the target is retrained with each fallback penalty in turn, the same for
+    every model (the controls too, so they get every chance the real models get). With `controls`,
+    a circuit found also gets the nonsense twin and the attribution baseline (recipe switches)."""
+    model.eval()
+    start = time.time()
+    full = two_way_scores(model, task.test)
+    local = two_way_scores(model, last_tokens(task.test, cfg.local_tokens))
+    result = {"full_loss": full["loss"], "full_accuracy": full["accuracy"], "local_loss": local["loss"],
+              "short_range": local["loss"] <= cfg.target_loss, "solved": full["loss"] <= cfg.target_loss,
+              "circuit": None, "device": str(next(model.parameters()).device),
+              "examples": {"train": len(task.train_examples()) if not callable(task.train) else None,
+                           "validation": len(task.validation), "test": len(task.test)}}
+    if not result["solved"] and not prune_unsolved:
+        return Found(result, None, [])
+    mask, found, attempts = _prune(model, sites, means, task, cfg, on_step, on_attempt)
+    result["examples"]["train"] = len(task.train_examples())
+    result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts,
+                  reached_target=found is not None)
+    ranking = mask_ranking(mask)
+    # the lowest test loss this mask offers: every node it kept
+    result["mask_loss"] = scores_with_gates(model, mask, gates_of(mask, ranking), task.test)["loss"] if len(
+        ranking) else None
+    curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
+    gates = None
     if found is not None:
-        gates, scores = found  # bisection already scored this circuit on the held-out examples
-        circuit = check_circuit(model, mask, gates, task.heldout, cfg.target_loss, alone=scores)
-        circuit["fits_through_ablation"] = fits_through_ablation(circuit["loss"], full["loss"])
-        calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.heldout)
+        gates, chosen_on = found
+        circuit = check_circuit(model, mask, gates, task.test, cfg.target_loss, cfg.random_draws, cfg.seed)
+        circuit.update(validation_loss=chosen_on["loss"], validation_loss_se=chosen_on["loss_se"],
+                       fits_through_ablation=fits_through_ablation(circuit["loss"], full["loss"]))
+        calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.test)
         circuit["calibrated_loss"], circuit["calibration"] = calibrated, calibration.as_dict()
         result["circuit"] = circuit
-    else:
-        gates = None
-    result["reached_target"] = found is not None
+        if controls and cfg.attribution_baseline:
+            result["attribution"] = attribution_circuit(model, mask, task.train_examples(), task.validation,
+                                                        task.test, cfg.target_loss, cfg.validation_margin_se)
+        if controls and cfg.nonsense_control:
+            result["nonsense"] = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
     result["prune_seconds"] = time.time() - start
     return Found(result, gates, curve)
+
+
+def nonsense_control(model, sites, means, task: TaskData, cfg: PruneConfig, on_step=None, on_attempt=None) -> dict:
+    """Prune the task's nonsense twin with the same settings and retries; it should reach nothing."""
+    def attempt(label: str) -> None:
+        if on_attempt is not None:
+            on_attempt(f"nonsense {label}")
+
+    twin = find_circuit(model, sites, means, task.nonsense(cfg.seed), cfg, prune_unsolved=True, controls=False,
+                        on_step=on_step, on_attempt=attempt).result
+    circuit = twin["circuit"] or {}
+    return {"full_loss": twin["full_loss"], "mask_loss": twin["mask_loss"],
+            "k_coef": [a["k_coef"] for a in twin["attempts"]],
+            "chosen_on_validation": twin["reached_target"], "nodes": circuit.get("nodes"),
+            "loss": circuit.get("loss"), "reached_target": bool(circuit.get("sufficient"))}
 
 
 def geometric_mean(values: list[float]) -> float | None:

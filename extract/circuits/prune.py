@@ -2,8 +2,9 @@
 
 Objective (METHOD.md section 3): two-way task loss + k_coef * (kept nodes), with Heaviside gates
 and a sigmoid straight-through gradient, AdamW, tau clamped to [-1, 1] after every step. The
-discrete circuit is the top-k nodes by tau, with k bisected on held-out examples inside the set the
-trained mask kept (outside it the tau ranking means nothing).
+discrete circuit is the top-k nodes by tau, with k bisected inside the set the
+trained mask kept. The mask trains on the task's train split and bisection reads the validation
+split; the test split is left for the checks (find.py).
 """
 from __future__ import annotations
 
@@ -38,11 +39,17 @@ def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneCon
     return mask
 
 
-def top_k_gates(mask: NodeMask, k: int, candidates: torch.Tensor) -> dict[str, torch.Tensor]:
-    """0/1 gates keeping the k highest-tau nodes among `candidates` (flat indices over all sites)."""
+def mask_ranking(mask: NodeMask) -> torch.Tensor:
+    """Flat node indices the trained mask kept (tau > 0), highest tau first: the order circuits grow in.
+    Outside the kept set the tau ranking means nothing."""
     taus = mask.flat_taus()
-    chosen = candidates[taus[candidates].argsort(descending=True)[:k]]
-    flat = torch.zeros_like(taus)
+    kept = torch.nonzero(taus > 0).flatten()
+    return kept[taus[kept].argsort(descending=True)]
+
+
+def gates_of(mask: NodeMask, chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """0/1 gates per site keeping the nodes at flat indices `chosen`."""
+    flat = torch.zeros_like(mask.flat_taus())
     flat[chosen] = 1.0
     return {s.key: piece for s, piece in zip(mask.sites, flat.split([s.width for s in mask.sites]))}
 
@@ -66,18 +73,21 @@ def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
     return low
 
 
-def discretise(model, mask: NodeMask, heldout: list[TaskExample], target: float):
-    """(gates of the smallest top-k circuit reaching `target` on `heldout`, its scores) or None."""
-    taus = mask.flat_taus()
-    candidates = torch.nonzero(taus > 0).flatten()
+def smallest_circuit(model, mask: NodeMask, ranking: torch.Tensor, validation: list[TaskExample], target: float,
+                     margin_se: float):
+    """(gates, validation scores) of the smallest top-k of `ranking` whose validation loss plus
+    `margin_se` standard errors is at most `target`, or None.
+
+    The margin is what makes the choice hold on unseen examples: a circuit picked because it scores
+    just under the target on validation would miss it on test about half the time."""
     cache: dict[int, dict[str, float]] = {}
 
     def loss_at(k: int) -> float:
         if k not in cache:
-            cache[k] = scores_with_gates(model, mask, top_k_gates(mask, k, candidates), heldout)
-        return cache[k]["loss"]
+            cache[k] = scores_with_gates(model, mask, gates_of(mask, ranking[:k]), validation)
+        return cache[k]["loss"] + margin_se * cache[k]["loss_se"]
 
-    k = smallest_k(loss_at, 1, len(candidates), target)
+    k = smallest_k(loss_at, 1, len(ranking), target)
     if k is None:
         return None
-    return top_k_gates(mask, k, candidates), cache[k]
+    return gates_of(mask, ranking[:k]), cache[k]

@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from extract import checkpoints
 from extract.circuits.files import FORMAT_VERSION, circuit_record, write_circuit
-from extract.circuits.find import TaskData, find_circuit, geometric_mean
+from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
 from extract.circuits.sites import node_sites, site_means
 from extract.models import load_model, load_tokenizer
 from extract.outputs import penalties_tried, retry_note
 from extract.recipe import ModelConfig, Recipe, TaskFileRef
 from extract.tasks.builtin import builtin_task
+from extract.tasks.examples import SPLITS, split_of
 from extract.tasks.jsonl import load_task_file
 from extract.train import MODEL_DIRNAME, prepare_heldout
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 CIRCUITS_DIRNAME = "circuits"
 RESULTS_DIRNAME = "results"  # one finished (task, model) per file: what a rerun resumes from
 SUMMARY_FILE = "circuits.json"
-FILE_HELDOUT_FRACTION = 0.2
 RANDOM_INIT = "random_init"
 MAX_DRAWN_EDGES = 3000  # beyond this a drawing is a hairball (dense circuits are not drawn)
 
@@ -49,31 +49,25 @@ def task_name(task: str | TaskFileRef) -> str:
     return task if isinstance(task, str) else Path(task.file).stem
 
 
-def _is_heldout_prompt(prompt_ids: tuple[int, ...]) -> bool:
-    digest = hashlib.sha1(repr(prompt_ids).encode()).digest()
-    return digest[0] < 256 * FILE_HELDOUT_FRACTION
-
-
 def load_task(task: str | TaskFileRef, tokenizer, max_context: int, recipe: Recipe) -> TaskData:
-    """Train and held-out examples. Built-in tasks draw from disjoint identifier pools; a task file
-    is split by a hash of each prompt, so a prompt never lands in both splits."""
+    """Train, validation and test examples. Built-in tasks draw each split from its own identifier
+    pool; a task file is split by a hash of each prompt, so a prompt never lands in two splits."""
     p = recipe.prune
     if isinstance(task, str):
-        heldout = builtin_task(task, tokenizer, "heldout", p.heldout_pairs, p.seed, max_len=max_context)
-        if not heldout:
+        def split(name, pairs):
+            return builtin_task(task, tokenizer, name, pairs, p.seed, max_len=max_context)
+
+        validation, test = split("validation", p.validation_pairs), split("test", p.test_pairs)
+        if not validation or not test:
             raise ValueError(f"task {task}: no examples fit the model's context of {max_context} tokens")
-
-        def train():  # thousands of prompts: built only for a task that gets pruned
-            return builtin_task(task, tokenizer, "train", p.train_pairs, p.seed, max_len=max_context)
-
-        return TaskData(task, train, heldout)
+        # thousands of prompts: built only for a task that gets pruned
+        return TaskData(task, lambda: split("train", p.train_pairs), validation, test)
     examples = load_task_file(task.file, tokenizer, max_context)
-    heldout = [e for e in examples if _is_heldout_prompt(e.prompt_ids)]
-    train = [e for e in examples if not _is_heldout_prompt(e.prompt_ids)]
-    if not heldout or not train:
-        raise ValueError(f"{task.file}: the hash split left no {'held-out' if not heldout else 'training'} "
-                         "examples; add more examples")
-    return TaskData(task_name(task), train, heldout)
+    by_split = {name: [e for e in examples if split_of(repr(e.prompt_ids)) == name] for name in SPLITS}
+    empty = [name for name, part in by_split.items() if not part]
+    if empty:
+        raise ValueError(f"{task.file}: the hash split left no {' or '.join(empty)} examples; add more examples")
+    return TaskData(task_name(task), by_split["train"], by_split["validation"], by_split["test"])
 
 
 def weights_fingerprint(model) -> str:
@@ -131,13 +125,14 @@ def _mean_blocks(recipe: Recipe, tokenizer) -> torch.Tensor:
 
 def result_key(recipe: Recipe, fingerprint: str, means: dict[str, torch.Tensor], data: TaskData) -> str:
     """What a (task, model) result depends on: the circuit file format (bumped when the results
-    change shape), the pruning settings, the weights, the ablation means and the held-out examples
-    (which also pin a task file's contents and the generators)."""
+    change shape), the pruning settings, the weights, the ablation means and the validation and test
+    examples (which also pin a task file's contents and the generators)."""
     settings = json.dumps({"format": FORMAT_VERSION, **asdict(recipe.prune)}, sort_keys=True)
     digest = hashlib.sha256(settings.encode() + fingerprint.encode())
     for name in sorted(means):
         digest.update(means[name].numpy().tobytes())
-    digest.update(repr([(e.prompt_ids, e.target_id, e.alternative_id) for e in data.heldout]).encode())
+    for split in (data.validation, data.test):
+        digest.update(repr([(e.prompt_ids, e.target_id, e.alternative_id) for e in split]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -150,15 +145,39 @@ def load_result(path: Path, key: str) -> dict | None:
     return saved if saved.get("key") == key else None
 
 
-def summarise(tasks: dict) -> dict:
-    """Geometric-mean edges over the tasks for which both models have a sufficient circuit."""
-    both = [t for t in tasks.values()
-            if all((t.get(role) or {}).get("circuit") for role in ("dense", "sparse"))]
-    dense = geometric_mean([t["dense"]["circuit"]["edges"] for t in both])
-    sparse = geometric_mean([t["sparse"]["circuit"]["edges"] for t in both])
-    return {"tasks_compared": sorted(name for name, t in tasks.items() if t in both),
-            "edges_geomean_dense": dense, "edges_geomean_sparse": sparse,
+COMPARED = ("dense", "sparse")
+
+
+def _sufficient(entry: dict | None) -> bool:
+    return bool(entry and entry.get("circuit") and entry["circuit"]["sufficient"])
+
+
+def _ratio(tasks: dict, names: list[str]) -> dict:
+    dense = geometric_mean([tasks[n]["dense"]["circuit"]["edges"] for n in names])
+    sparse = geometric_mean([tasks[n]["sparse"]["circuit"]["edges"] for n in names])
+    return {"tasks_compared": names, "edges_geomean_dense": dense, "edges_geomean_sparse": sparse,
             "edge_ratio": dense / sparse if dense and sparse else None}
+
+
+def summarise(tasks: dict) -> dict:
+    """The headline: geometric-mean circuit edges over the tasks for which both models have a circuit
+    sufficient on test, and the same over the context tasks alone (those neither model solves from
+    the prompt's last tokens). Also every control that failed, by (task, model)."""
+    both = sorted(name for name, t in tasks.items() if all(_sufficient(t.get(role)) for role in COMPARED))
+    context = [name for name in both if not any(tasks[name][role]["short_range"] for role in COMPARED)]
+    entries = [(f"{name} / {role}", entry) for name, by_role in tasks.items() for role, entry in by_role.items()
+               if role != RANDOM_INIT]
+    circuits = [(where, e, e["circuit"]) for where, e in entries if e.get("circuit")]
+    summary = {**_ratio(tasks, both),
+               "context": _ratio(tasks, context),
+               "solved": {role: sorted(n for n, t in tasks.items() if (t.get(role) or {}).get("solved"))
+                          for role in COMPARED},
+               "not_sufficient_on_test": [w for w, _, c in circuits if not c["sufficient"]],
+               "random_reached": [w for w, _, c in circuits if c.get("random_reached")],
+               "nonsense_reached": [w for w, e, _ in circuits if (e.get("nonsense") or {}).get("reached_target")],
+               "attribution_not_larger": [w for w, e, c in circuits if (e.get("attribution") or {}).get("edges")
+                                          is not None and e["attribution"]["edges"] <= c["edges"]]}
+    return summary
 
 
 def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
@@ -180,7 +199,7 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
         entry.model.to(device)
         _prune_model(entry, recipe, out, tasks, curves)
         entry.model.to("cpu")
-    result = {"target_loss": cfg.target_loss, "tasks": tasks, "summary": summarise(tasks)}
+    result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks, "summary": summarise(tasks)}
     checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png")
     return result
@@ -210,8 +229,9 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
                                                                   cfg.target_loss))
             continue
         bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
+        control = entry.role == RANDOM_INIT  # pruned even though unsolved; no controls of its own
         found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
-                             prune_unsolved=entry.role == RANDOM_INIT)
+                             prune_unsolved=control, controls=not control)
         bar.close()
         tasks.setdefault(data.name, {})[entry.role] = found.result
         curves.setdefault(data.name, {})[entry.role] = found.curve
@@ -231,10 +251,10 @@ class _LazyBar:
     def __init__(self, total: int, desc: str):
         self.total, self.desc, self.label, self.bar = total, desc, desc, None
 
-    def attempt(self, k_coef: float) -> None:
-        """A new mask (the first, or a retry with a smaller penalty): a fresh bar that names it."""
+    def attempt(self, label: str) -> None:
+        """A new mask (the first, a retry with a smaller penalty, a control): a fresh bar that names it."""
         self.close()
-        self.label = f"{self.desc} k_coef={k_coef:g}"
+        self.label = f"{self.desc} {label}"
 
     def step(self, step: int, task_loss: float, kept: float) -> None:
         if self.bar is None:
@@ -254,16 +274,25 @@ def _slug(role: str) -> str:
 
 
 def circuit_line(task: str, role: str, result: dict, target: float) -> str:
-    head = f"{task:>20} {role:>11}: full loss {result['full_loss']:.3f} (acc {result['full_accuracy']:.2f})"
+    """One log line per (task, model); every loss is on the test split."""
+    head = (f"{task:>20} {role:>11}: test loss {result['full_loss']:.3f} (acc {result['full_accuracy']:.2f}, "
+            f"last-tokens {result['local_loss']:.3f})")
     if not result["solved"] and role != RANDOM_INIT:
         return head + f"; the full model misses the target {target}: not pruned"
     circuit = result["circuit"]
     if circuit is None:
         return head + f"; no circuit reaches {target} (k_coef {', '.join(penalties_tried(result))} tried)"
-    calibrated, retried = circuit.get("calibrated_loss"), retry_note(result)
-    return head + (f"; circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f}"
-                   + ("" if calibrated is None else f" ({calibrated:.3f} calibrated)") + ", "
-                   f"ablated {circuit['ablated_loss']:.3f}, random {circuit['random_loss']:.3f}"
-                   + ("" if circuit["sufficient"] and circuit["necessary"] else " (check failed)")
-                   + (" [fits through ablation]" if circuit["fits_through_ablation"] else "")
-                   + (f" [{retried}]" if retried else ""))
+    parts = [f"circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f} "
+             f"(validation {circuit['validation_loss']:.3f}), ablated {circuit['ablated_loss']:.3f}"]
+    if circuit.get("random_draws"):
+        parts.append(f"random {circuit['random_loss']:.3f} ({circuit['random_reached']}/{circuit['random_draws']} "
+                     "reach the target)")
+    if result.get("nonsense"):
+        parts.append(f"nonsense twin {'REACHES' if result['nonsense']['reached_target'] else 'misses'} the target")
+    if result.get("attribution"):
+        edges = result["attribution"]["edges"]
+        parts.append("attribution baseline " + ("reaches nothing" if edges is None else f"{edges} edges"))
+    flags = [] if circuit["sufficient"] and circuit["necessary"] else ["check failed"]
+    flags += ["fits through ablation"] if circuit["fits_through_ablation"] else []
+    flags += [retry_note(result)] if retry_note(result) else []
+    return head + "; " + ", ".join(parts) + "".join(f" [{flag}]" for flag in flags)

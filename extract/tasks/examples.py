@@ -2,10 +2,20 @@
 the two-way cross-entropy at the last position (METHOD.md section 3)."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+SPLITS = ("train", "validation", "test")  # the mask, the circuit size, every reported figure
+
+
+def split_of(text: str) -> str:
+    """The split a string (an identifier, a prompt) belongs to, by a hash: 3/5 train, 1/5 validation,
+    1/5 test. Stable across runs and machines, so a string never changes split."""
+    bucket = hashlib.sha1(text.encode()).digest()[0] % 5
+    return "train" if bucket < 3 else SPLITS[bucket - 2]
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,20 @@ def two_way_loss(model, examples: list[TaskExample]) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def two_way_scores(model, examples: list[TaskExample], batch_size: int = 64) -> dict[str, float]:
-    """Mean two-way loss and accuracy over `examples`."""
+    """Mean two-way loss, its standard error over the examples, and accuracy."""
     if not examples:
         raise ValueError("no task examples to score")
-    total_loss = correct = 0.0
+    losses, correct = [], 0.0
     for start in range(0, len(examples), batch_size):
         loss, right = two_way_loss(model, examples[start : start + batch_size])
-        total_loss += float(loss.sum())
+        losses.append(loss.double().cpu())
         correct += float(right.sum())
-    return {"loss": total_loss / len(examples), "accuracy": correct / len(examples)}
+    losses = torch.cat(losses)
+    spread = float(losses.std()) if len(losses) > 1 else 0.0
+    return {"loss": float(losses.mean()), "loss_se": spread / len(losses) ** 0.5, "accuracy": correct / len(examples)}
+
+
+def last_tokens(examples: list[TaskExample], n: int) -> list[TaskExample]:
+    """The examples with prompts cut to their last `n` tokens: what a model can answer from the
+    prompt's end alone (a task it solves from there is a short-range task)."""
+    return [TaskExample(e.prompt_ids[-n:], e.target_id, e.alternative_id) for e in examples]
