@@ -159,7 +159,9 @@ def _ratio_line(summary: dict, which: str) -> str:
 FLAGS = {"not_sufficient_on_test": "Circuits chosen on validation that miss the target on test",
          "random_reached": "Circuits for which some random circuit of the same shape reaches the target",
          "nonsense_reached": "Circuits whose nonsense twin reaches the target (pruning can fit the labels)",
-         "attribution_not_larger": "Circuits no smaller than the attribution baseline's"}
+         "attribution_not_larger": "Circuits no smaller than the attribution baseline's",
+         "random_init_chosen": "Tasks on which pruning a randomly initialised model found a circuit on validation",
+         "random_init_reached": "Tasks on which that random-init circuit also reaches the target on test"}
 
 
 def report_markdown(report: dict) -> str:

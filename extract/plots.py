@@ -82,9 +82,11 @@ def plot_runs(logs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
     _finish_loss_and_density(fig, ax_loss, ax_density, "CE, nats / token (faint: train)", png_path)
 
 
-def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, png_path: Path) -> None:
-    """One panel per task: held-out task loss of the top-k circuits against their edge count, for
-    every model pruned. The circuit sizes at the target line are the report's numbers."""
+def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, png_path: Path,
+                       tasks_report: dict | None = None) -> None:
+    """One panel per task: test task loss of the top-k circuits against their edge count, for every
+    model pruned. With the report's `tasks`, each model's chosen circuit is a star and its
+    attribution baseline a cross, so the learned mask's advantage is visible at the target."""
     tasks = [t for t, by_role in curves.items() if any(by_role.values())]
     if not tasks:
         return
@@ -97,12 +99,18 @@ def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, 
             if points:
                 ax.plot([p["edges"] for p in points], [p["loss"] for p in points], "o-", markersize=3,
                         label=role, color=ROLE_COLOURS.get(role))
+            entry = ((tasks_report or {}).get(task) or {}).get(role) or {}
+            for found, marker, label in ((entry.get("circuit"), "*", "circuit"),
+                                         (entry.get("attribution"), "x", "attribution baseline")):
+                if found and found.get("edges"):
+                    ax.plot([found["edges"]], [found["loss"]], marker, markersize=9, color=ROLE_COLOURS.get(role),
+                            label=f"{role} {label}")
         ax.axhline(target, color="k", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("circuit edges")
-        ax.set_ylabel("task loss (held out)")
+        ax.set_ylabel("task loss (test split)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):]:

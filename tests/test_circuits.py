@@ -165,17 +165,17 @@ def _copy_task_model():
 
 def copy_task():
     """(model, sites, means, task): the copy-task model, its sites and ablation means, and the task
-    split into 96 training and 32 held-out examples."""
+    split into 96 training, 16 validation and 16 test examples."""
     from extract.circuits.find import TaskData
 
     model, examples = _copy_task_model()
     sites = node_sites(model)
     means = site_means(model, sites, torch.randint(2, 12, (32, 5)))
-    return model, sites, means, TaskData("copy", examples[:96], examples[96:])
+    return model, sites, means, TaskData("copy", examples[:96], examples[96:112], examples[112:])
 
 
 def test_end_to_end_prune_finds_a_small_sufficient_circuit():
-    from extract.circuits.prune import PruneConfig, discretise, scores_with_gates, train_mask
+    from extract.circuits.prune import PruneConfig, mask_ranking, scores_with_gates, smallest_circuit, train_mask
     from extract.tasks.examples import two_way_scores
 
     model, examples = _copy_task_model()
@@ -185,7 +185,7 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     mean_blocks = torch.randint(2, 12, (32, 5))
     mask = NodeMask(sites, site_means(model, sites, mean_blocks))
     train_mask(model, mask, train, PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3))
-    found = discretise(model, mask, heldout, target=0.15)
+    found = smallest_circuit(model, mask, mask_ranking(mask), heldout, target=0.15, margin_se=0.0)
     assert found is not None
     gates, scores = found
     kept = int(sum(g.sum() for g in gates.values()))
@@ -198,9 +198,10 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
 
     from extract.circuits.checks import check_circuit, random_gates_like
 
-    report = check_circuit(model, mask, gates, heldout, target=0.15)
+    report = check_circuit(model, mask, gates, heldout, target=0.15, random_draws=5)
     assert report["nodes"] == kept and report["sufficient"] and report["necessary"]
-    assert report["random_loss"] > 0.15 and report["edges"] > 0
+    assert report["random_draws"] == 5 and report["random_reached"] == 0 and report["edges"] > 0
+    assert 0.15 < report["random_loss_min"] <= report["random_loss"]
     shuffled = random_gates_like(gates, seed=1)
     assert all(int(shuffled[k].sum()) == int(g.sum()) for k, g in gates.items())  # same count per site
 
@@ -212,7 +213,8 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     model, sites, means, task = copy_task()
     # On this model a penalty of 3e-3 switches all but 3 nodes off within 40 steps, before the task
     # loss can hold the needed ones on, and 1e-3 ends near 50 nodes at task loss ~1; 3e-4 works.
-    too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[])
+    too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[],
+                           nonsense_control=False, attribution_baseline=False)
     alone = find_circuit(model, sites, means, task, too_high)
     assert alone.result["solved"] and alone.result["circuit"] is None and not alone.result["reached_target"]
     assert [a["k_coef"] for a in alone.result["attempts"]] == [3e-3]
@@ -220,7 +222,7 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     tried = []
     with_fallbacks = dataclasses.replace(too_high, k_coef_fallbacks=[1e-3, 3e-4])
     retried = find_circuit(model, sites, means, task, with_fallbacks, on_attempt=tried.append)
-    assert tried == [3e-3, 1e-3, 3e-4]
+    assert tried == ["k_coef=0.003", "k_coef=0.001", "k_coef=0.0003"]
     assert [a["reached_target"] for a in retried.result["attempts"]] == [False, False, True]
     assert retried.result["k_coef"] == 3e-4 and retried.result["reached_target"]
     circuit = retried.result["circuit"]
@@ -231,6 +233,59 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
 
     assert "[k_coef 0.0003 after 0.003, 0.001 missed]" in circuit_line("copy", "dense", retried.result, 0.15)
     assert "no circuit reaches 0.15 (k_coef 0.003 tried)" in circuit_line("copy", "dense", alone.result, 0.15)
+
+
+def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():
+    """Give the test split the opposite labels: a circuit chosen on validation must then look bad in
+    every reported figure, which proves those figures are not read on the examples that chose it."""
+    from extract.circuits.find import TaskData, find_circuit
+    from extract.recipe import PruneConfig
+    from extract.tasks.examples import TaskExample
+
+    model, sites, means, task = copy_task()
+    flipped = [TaskExample(e.prompt_ids, e.alternative_id, e.target_id) for e in task.test]
+    cfg = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-4, k_coef_fallbacks=[], random_draws=3,
+                      nonsense_control=False, attribution_baseline=False)
+    honest = find_circuit(model, sites, means, task, cfg).result
+    circuit = honest["circuit"]
+    assert circuit["validation_loss"] + 2 * circuit["validation_loss_se"] <= 0.15  # the margin rule
+    assert circuit["sufficient"] and circuit["loss"] != circuit["validation_loss"]
+    swapped = find_circuit(model, sites, means, TaskData("copy", task.train, task.validation, flipped), cfg,
+                           prune_unsolved=True).result
+    assert swapped["full_loss"] > 3 and not swapped["solved"]  # the full model, on test
+    assert swapped["circuit"]["validation_loss"] == pytest.approx(circuit["validation_loss"])  # same choice
+    assert swapped["circuit"]["nodes"] == circuit["nodes"]
+    assert swapped["circuit"]["loss"] > 3 and not swapped["circuit"]["sufficient"]  # read on test
+
+
+def test_attribution_scores_match_finite_differences():
+    """Each node's score is the rise in task loss when the node alone is mean-ablated, to first
+    order: minus the derivative of the loss in the node's gate, here by central differences (the
+    two-way loss is computed in float32, so eps cannot be tiny)."""
+    from extract.circuits.attribution import attribution_scores
+    from extract.tasks.examples import two_way_loss
+
+    model, sites, means, task = copy_task()
+    model = model.double()
+    mask = NodeMask(sites, {k: v.double() for k, v in means.items()}).double()
+    from extract.tasks.nonsense import nonsense_twin
+
+    examples = nonsense_twin(task.validation)  # half the answers wrong: a loss with sizeable gradients
+    scores = attribution_scores(model, mask, examples)
+    assert scores.shape == (count_nodes(sites),) and scores.abs().max() > 1e-2
+
+    def loss_with(flat_gates):
+        gates = dict(zip([s.key for s in sites], flat_gates.split([s.width for s in sites])))
+        with torch.no_grad(), mask.with_gates(model, gates):
+            return float(two_way_loss(model, examples)[0].mean())
+
+    ones, eps = torch.ones(count_nodes(sites), dtype=torch.float64), 1e-3
+    strongest = scores.abs().argsort(descending=True)
+    for node in [*strongest[:5].tolist(), *torch.randint(0, len(ones), (5,)).tolist()]:
+        down, up = ones.clone(), ones.clone()
+        down[node], up[node] = 1 - eps, 1 + eps
+        estimate = (loss_with(down) - loss_with(up)) / (2 * eps)
+        assert estimate == pytest.approx(float(scores[node]), rel=1e-2, abs=1e-4), node
 
 
 def test_listed_edges_agree_with_the_count_and_name_their_ends():

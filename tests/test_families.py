@@ -228,10 +228,15 @@ def test_an_unmapped_family_fails_before_any_work_and_lists_the_supported_ones(w
     assert "gpt2, gpt_neox, llama, mistral, qwen2, qwen3" in proc.stderr
 
 
+# The controls are the same code for every family (tests/test_prune_stage.py checks them); here
+# they would only add time.
+NO_CONTROLS = ("prune.nonsense_control=false", "prune.attribution_baseline=false", "prune.random_draws=1")
+
+
 @pytest.fixture(scope="module")
 def quote_task(tmp_path_factory):
     path = tmp_path_factory.mktemp("quote-task") / "quotes.jsonl"
-    path.write_text("\n".join(quote_lines(150, seed=0)) + "\n")
+    path.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
     return path
 
 
@@ -272,7 +277,8 @@ def test_sparsify_then_prune_a_saved_model_of_each_family(variant, write_recipe,
     pruned = tmp_path / "pruned"
     run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", dense_dir, "--task", "single_double_quote",
             "--task", quote_task, f"output_dir={pruned}", "prune.steps=80", "prune.batch_size=32", "prune.lr=0.05",
-            "prune.mean_blocks=8", "prune.validation_pairs=20", "prune.test_pairs=20", "prune.train_pairs=40")
+            "prune.mean_blocks=8", "prune.validation_pairs=20", "prune.test_pairs=20", "prune.train_pairs=40",
+            *NO_CONTROLS)
     report = json.loads((pruned / "report.json").read_text())
     assert set(report["tasks"]) == {"single_double_quote", "quotes"}
     builtin = report["tasks"]["single_double_quote"][str(dense_dir)]

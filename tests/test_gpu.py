@@ -91,6 +91,7 @@ def test_training_on_the_device_learns_in_half_precision_as_in_float32(precision
 def test_prune_stage_through_the_command_line_runs_on_the_device(write_recipe, tmp_path, tiny_model_dir):
     out = tmp_path / "pruned"
     run_cli("--recipe", write_recipe(), "--stage", "prune", "--model", tiny_model_dir, "--task",
-            "single_double_quote", f"output_dir={out}", "prune.mean_blocks=4", "prune.validation_pairs=20", "prune.test_pairs=20")
+            "single_double_quote", f"output_dir={out}", "prune.mean_blocks=4", "prune.validation_pairs=20",
+            "prune.test_pairs=20")
     entry = json.loads((out / "report.json").read_text())["tasks"]["single_double_quote"][str(tiny_model_dir)]
     assert 0 <= entry["full_accuracy"] <= 1 and entry["device"].startswith(DEVICE)

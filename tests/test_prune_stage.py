@@ -107,6 +107,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
     assert task["dense"]["circuit"]["sufficient"] and task["dense"]["circuit"]["necessary"]
     control = task["random_init"]
     assert not control["solved"] and not control["reached_target"]  # pruning alone does not fake the task
+    assert report["summary"]["random_init_chosen"] == report["summary"]["random_init_reached"] == []
     assert [a["k_coef"] for a in control["attempts"]] == [1e-3, 3e-4, 1e-4]  # with every penalty the models get
     summary = report["summary"]
     if task["sparse"]["circuit"]:  # 12 sparsify steps may or may not keep the task
@@ -141,3 +142,37 @@ def test_unsolved_task_is_reported_not_pruned(write_recipe, tmp_path, tiny_model
 def test_prune_stage_without_tasks_says_so(write_recipe, tmp_path):
     proc = run_cli("--recipe", write_recipe(), "--stage", "prune", f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 1 and "the recipe lists no tasks" in proc.stderr
+
+
+def _entry(edges, *, short_range=False, sufficient=True, random_reached=0, nonsense=False, attribution=None):
+    return {"full_loss": 0.05, "full_accuracy": 0.99, "local_loss": 0.1 if short_range else 0.6,
+            "short_range": short_range, "solved": True, "k_coef": 1e-3, "attempts": [{"k_coef": 1e-3}],
+            "circuit": {"nodes": 10, "edges": edges, "loss": 0.1 if sufficient else 0.2, "validation_loss": 0.08,
+                        "calibrated_loss": 0.05, "ablated_loss": 2.0, "sufficient": sufficient, "necessary": True,
+                        "fits_through_ablation": False, "random_draws": 10, "random_loss": 2.0,
+                        "random_loss_min": 1.0, "random_reached": random_reached},
+            "nonsense": {"mask_loss": 0.7, "loss": None, "reached_target": nonsense},
+            "attribution": {"nodes": 50, "edges": attribution or 10 * edges, "loss": 0.12}}
+
+
+def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_and_lists_failed_controls():
+    from extract.circuits.stage import summarise
+    from extract.outputs import report_markdown
+
+    tasks = {"quote": {"dense": _entry(1600), "sparse": _entry(100)},
+             "short": {"dense": _entry(900, short_range=True), "sparse": _entry(100, short_range=True)},
+             "missed": {"dense": _entry(500), "sparse": _entry(50, sufficient=False, random_reached=2, nonsense=True,
+                                                                  attribution=40)}}
+    summary = summarise(tasks)
+    assert summary["tasks_compared"] == ["quote", "short"]  # "missed": the sparse circuit fails on test
+    assert summary["edge_ratio"] == pytest.approx(((1600 * 900) ** 0.5) / 100)
+    assert summary["context"]["tasks_compared"] == ["quote"] and summary["context"]["edge_ratio"] == pytest.approx(16)
+    assert summary["not_sufficient_on_test"] == ["missed / sparse"]
+    assert summary["random_reached"] == ["missed / sparse"] and summary["nonsense_reached"] == ["missed / sparse"]
+    assert summary["attribution_not_larger"] == ["missed / sparse"]
+    assert summary["random_init_chosen"] == summary["random_init_reached"] == []
+    md = report_markdown({"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks, "summary": summary})
+    assert "a ratio of **16.0x**" in md and "Over the 2 tasks both models solve (quote, short)" in md
+    assert "0.600 |" in md and "0.100 (short-range)" in md  # last-tokens losses
+    assert "| missed | sparse | 2.000 / 1.000 / 2 of 10 | 0.700 / - / **REACHES** | 50 / 40 / 0.120 |" in md
+    assert "Circuits whose nonsense twin reaches the target (pruning can fit the labels): missed / sparse." in md

@@ -2,7 +2,7 @@
 
 Mean-ablating most of a model often leaves a circuit that picks the right token with badly scaled
 or shifted final logits. The authors fit a scale and a shift of the final logits (16 LBFGS steps)
-before scoring. Here the fit uses training examples and the calibrated loss is measured on held-out
+before scoring. Here the fit uses training examples and the calibrated loss is measured on test
 ones. It is reported beside the raw loss; the checks (sufficient, necessary) use the raw loss, so
 a circuit never passes because of the fit.
 """
@@ -80,8 +80,8 @@ def calibrated_loss(calibration: Calibration, logits: torch.Tensor, examples: li
 
 
 def calibrate_circuit(model, mask: NodeMask, gates: dict[str, torch.Tensor], train: list[TaskExample],
-                      heldout: list[TaskExample]) -> tuple[float, Calibration]:
-    """(held-out loss after the fit, the fitted calibration)."""
+                      test: list[TaskExample]) -> tuple[float, Calibration]:
+    """(test loss after the fit, the fitted calibration)."""
     fit_on = train[:FIT_EXAMPLES]
     calibration = fit_calibration(answer_logits(model, mask, gates, fit_on), fit_on)
-    return calibrated_loss(calibration, answer_logits(model, mask, gates, heldout), heldout), calibration
+    return calibrated_loss(calibration, answer_logits(model, mask, gates, test), test), calibration

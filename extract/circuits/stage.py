@@ -167,6 +167,7 @@ def summarise(tasks: dict) -> dict:
     context = [name for name in both if not any(tasks[name][role]["short_range"] for role in COMPARED)]
     entries = [(f"{name} / {role}", entry) for name, by_role in tasks.items() for role, entry in by_role.items()
                if role != RANDOM_INIT]
+    controls = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
     circuits = [(where, e, e["circuit"]) for where, e in entries if e.get("circuit")]
     summary = {**_ratio(tasks, both),
                "context": _ratio(tasks, context),
@@ -176,7 +177,11 @@ def summarise(tasks: dict) -> dict:
                "random_reached": [w for w, _, c in circuits if c.get("random_reached")],
                "nonsense_reached": [w for w, e, _ in circuits if (e.get("nonsense") or {}).get("reached_target")],
                "attribution_not_larger": [w for w, e, c in circuits if (e.get("attribution") or {}).get("edges")
-                                          is not None and e["attribution"]["edges"] <= c["edges"]]}
+                                          is not None and e["attribution"]["edges"] <= c["edges"]],
+               # the random-init control: bisection found a circuit on validation (it should not) ...
+               "random_init_chosen": [name for name, e in controls if e.get("circuit")],
+               # ... and that circuit also reaches the target on test
+               "random_init_reached": [name for name, e in controls if _sufficient(e)]}
     return summary
 
 
@@ -201,7 +206,7 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
         entry.model.to("cpu")
     result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks, "summary": summarise(tasks)}
     checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
-    plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png")
+    plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png", tasks)
     return result
 
 
