@@ -4,7 +4,8 @@
 
 For every built-in task the model solves (test loss at most the target), one mask is trained with
 the recipe's prune settings; then, for each margin z, bisection picks the smallest top-k whose
-validation loss plus z standard errors is at most the target, and that circuit is scored on test.
+validation loss plus z standard errors of the predicted test loss is at most the target, and that
+circuit is scored on test.
 With z = 0 the choice sits right at the target on validation, so on test it misses about half the
 time; the recipe's `prune.validation_margin_se` is chosen from this table (docs/circuits.md).
 """
@@ -49,7 +50,8 @@ def main():
         mask = NodeMask(sites, means)
         train_mask(model, mask, task.train_examples(), cfg)
         for z in MARGINS:
-            found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss, z)
+            found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss, z,
+                                     len(task.test))
             row = {"task": name, "margin_se": z, "nodes": None, "validation_loss": None, "test_loss": None}
             if found is not None:
                 gates, chosen_on = found

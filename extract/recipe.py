@@ -130,8 +130,9 @@ class PruneConfig:
     train_pairs: int = 1000  # balanced pairs per built-in task
     validation_pairs: int = 100
     test_pairs: int = 100
-    # Bisection keeps the smallest circuit whose validation loss plus this many standard errors is at
-    # most the target, so that the circuit stays sufficient on test (docs/circuits.md: measured).
+    # Bisection keeps the smallest circuit whose validation loss plus this many standard errors of the
+    # predicted test loss (validation and test noise together) is at most the target, so that the
+    # circuit stays sufficient on test (docs/circuits.md: measured).
     validation_margin_se: float = 2.0
     random_draws: int = 10  # random circuits with the same nodes per site, per circuit: none should be sufficient
     nonsense_control: bool = True  # prune each task's twin with labels that ignore the deciding detail

@@ -55,8 +55,11 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     assert entry["solved"] and entry["full_loss"] < 0.15
     circuit = entry["circuit"]
     assert circuit["sufficient"] and circuit["necessary"] and circuit["loss"] <= 0.15
-    # the size was chosen on validation with a margin of 2 standard errors; every figure is read on test
-    assert circuit["validation_loss"] + 2 * circuit["validation_loss_se"] <= 0.15
+    # the size was chosen on validation with a margin of 2 standard errors of the predicted test loss
+    n_val, n_test = entry["examples"]["validation"], entry["examples"]["test"]
+    margin = 2 * circuit["validation_loss_se"] * (1 + n_val / n_test) ** 0.5
+    assert circuit["validation_bound"] == pytest.approx(circuit["validation_loss"] + margin)
+    assert circuit["validation_bound"] <= 0.15
     assert entry["examples"]["test"] > 0 and report["splits"]["test"].startswith("every reported")
     # the controls: random circuits of the same shape and the nonsense twin reach nothing
     assert circuit["random_draws"] == 10 and circuit["random_reached"] == 0 and circuit["random_loss_min"] > 0.15

@@ -38,7 +38,7 @@ def attribution_circuit(model, mask: NodeMask, train: list[TaskExample], validat
     the target on validation)."""
     scores = attribution_scores(model, mask, train[:ATTRIBUTION_EXAMPLES]).abs()
     ranking = scores.argsort(descending=True)
-    found = smallest_circuit(model, mask, ranking, validation, target, margin_se)
+    found = smallest_circuit(model, mask, ranking, validation, target, margin_se, len(test))
     if found is None:
         return {"nodes": None, "edges": None, "loss": None, "sufficient": False}
     gates, chosen_on = found

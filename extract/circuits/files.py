@@ -11,8 +11,9 @@ import torch
 from extract import checkpoints
 from extract.circuits.edges import list_edges
 
-# 2: calibrated_loss and calibration; 3: k_coef and attempts; 4: train/validation/test splits and controls
-FORMAT_VERSION = 4
+# 2: calibrated_loss and calibration; 3: k_coef and attempts; 4: train/validation/test splits and controls;
+# 5: the size margin covers the test sample's noise too (validation_bound)
+FORMAT_VERSION = 5
 
 
 def circuit_record(model, task: str, role: str, model_path: str, found, target_loss: float) -> dict:

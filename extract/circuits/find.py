@@ -93,7 +93,7 @@ def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_at
         mask = NodeMask(sites, means).to(device)  # taus drawn on the CPU: the same circuit on any device
         train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
         found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss,
-                                 cfg.validation_margin_se)
+                                 cfg.validation_margin_se, len(task.test))
         attempts.append({"k_coef": k_coef, "mask_kept_nodes": int((mask.flat_taus() > 0).sum()),
                          "reached_target": found is not None})
         if found is not None:
@@ -135,6 +135,7 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
         gates, chosen_on = found
         circuit = check_circuit(model, mask, gates, task.test, cfg.target_loss, cfg.random_draws, cfg.seed)
         circuit.update(validation_loss=chosen_on["loss"], validation_loss_se=chosen_on["loss_se"],
+                       validation_bound=chosen_on["bound"],
                        fits_through_ablation=fits_through_ablation(circuit["loss"], full["loss"]))
         calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.test)
         circuit["calibrated_loss"], circuit["calibration"] = calibrated, calibration.as_dict()

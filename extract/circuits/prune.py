@@ -8,6 +8,7 @@ split; the test split is left for the checks (find.py).
 """
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -74,18 +75,24 @@ def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
 
 
 def smallest_circuit(model, mask: NodeMask, ranking: torch.Tensor, validation: list[TaskExample], target: float,
-                     margin_se: float):
+                     margin_se: float, test_size: int | None = None):
     """(gates, validation scores) of the smallest top-k of `ranking` whose validation loss plus
-    `margin_se` standard errors is at most `target`, or None.
+    `margin_se` standard errors is at most `target`, or None. The scores carry that upper bound as
+    "bound".
 
     The margin is what makes the choice hold on unseen examples: a circuit picked because it scores
-    just under the target on validation would miss it on test about half the time."""
+    just under the target on validation would miss it on test about half the time. With
+    `test_size`, the standard error is that of the difference between the validation mean and a
+    test mean over `test_size` examples (both samples' noise, the test's estimated from the
+    validation spread), so the bound predicts the test loss itself."""
     cache: dict[int, dict[str, float]] = {}
+    inflation = math.sqrt(1 + len(validation) / test_size) if test_size else 1.0
 
     def loss_at(k: int) -> float:
         if k not in cache:
-            cache[k] = scores_with_gates(model, mask, gates_of(mask, ranking[:k]), validation)
-        return cache[k]["loss"] + margin_se * cache[k]["loss_se"]
+            scores = scores_with_gates(model, mask, gates_of(mask, ranking[:k]), validation)
+            cache[k] = {**scores, "bound": scores["loss"] + margin_se * scores["loss_se"] * inflation}
+        return cache[k]["bound"]
 
     k = smallest_k(loss_at, 1, len(ranking), target)
     if k is None:

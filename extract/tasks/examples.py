@@ -54,7 +54,8 @@ def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) ->
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
     output = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                    logits_to_keep=1)  # only the last position is scored: skip the unembedding elsewhere
-    return output.logits[:, -1].float()
+    last = output.logits[:, -1]
+    return last.to(torch.promote_types(last.dtype, torch.float32))  # half up to float32; float64 kept
 
 
 def two_way_loss(model, examples: list[TaskExample]) -> tuple[torch.Tensor, torch.Tensor]:
