@@ -174,6 +174,10 @@ def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_an
     assert summary["random_reached"] == ["missed / sparse"] and summary["nonsense_reached"] == ["missed / sparse"]
     assert summary["attribution_not_larger"] == ["missed / sparse"]
     assert summary["random_init_chosen"] == summary["random_init_reached"] == []
+    # "missed" is not compared, so every compared task's controls pass
+    assert summary["controls_passed"]["tasks_compared"] == ["quote", "short"]
+    tasks["short"]["sparse"]["nonsense"]["reached_target"] = True  # a twin that fits its nonsense labels
+    assert summarise(tasks)["controls_passed"]["tasks_compared"] == ["quote"]
     md = report_markdown({"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks, "summary": summary})
     assert "a ratio of **16.0x**" in md and "Over the 2 tasks both models solve (quote, short)" in md
     assert "0.600 |" in md and "0.100 (short-range)" in md  # last-tokens losses

@@ -161,16 +161,21 @@ def _ratio(tasks: dict, names: list[str]) -> dict:
 
 def summarise(tasks: dict) -> dict:
     """The headline: geometric-mean circuit edges over the tasks for which both models have a circuit
-    sufficient on test, and the same over the context tasks alone (those neither model solves from
-    the prompt's last tokens). Also every control that failed, by (task, model)."""
+    sufficient on test; the same over the context tasks alone (those neither model solves from the
+    prompt's last tokens) and over the tasks whose controls all pass. Also every control that
+    failed, by (task, model)."""
     both = sorted(name for name, t in tasks.items() if all(_sufficient(t.get(role)) for role in COMPARED))
     context = [name for name in both if not any(tasks[name][role]["short_range"] for role in COMPARED)]
     entries = [(f"{name} / {role}", entry) for name, by_role in tasks.items() for role, entry in by_role.items()
                if role != RANDOM_INIT]
     controls = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
     circuits = [(where, e, e["circuit"]) for where, e in entries if e.get("circuit")]
+    failed = {name for name, by_role in tasks.items() if _sufficient(by_role.get(RANDOM_INIT)) or any(
+        (by_role.get(role) or {}).get("nonsense", {}).get("reached_target") for role in COMPARED)}
     summary = {**_ratio(tasks, both),
                "context": _ratio(tasks, context),
+               # the headline a skeptic keeps: tasks where no control (nonsense twin, random init) reaches the target
+               "controls_passed": _ratio(tasks, [name for name in both if name not in failed]),
                "solved": {role: sorted(n for n, t in tasks.items() if (t.get(role) or {}).get("solved"))
                           for role in COMPARED},
                "not_sufficient_on_test": [w for w, _, c in circuits if not c["sufficient"]],
