@@ -147,12 +147,12 @@ def _control_cells(entry: dict) -> list[str]:
     return [randoms, nonsense, attribution]
 
 
-def _ratio_line(summary: dict, which: str, plural: str | None = None) -> str:
-    """`which`: the kind of task, singular ("context task"); `plural` where adding an s is wrong."""
+def _ratio_line(summary: dict, which: str) -> str:
+    """`which` names the tasks compared, e.g. "tasks both models solve"."""
     if not summary.get("edge_ratio"):
-        return f"No {which} has a circuit sufficient on test in both the dense and the sparse model: no edge ratio."
-    return (f"Over the {len(summary['tasks_compared'])} {plural or which + 's'} both models solve "
-            f"({', '.join(summary['tasks_compared'])}): geometric-mean circuit edges "
+        return f"No edge ratio over the {which}: there are none."
+    names = summary["tasks_compared"]
+    return (f"Over the {which} ({len(names)}: {', '.join(names)}): geometric-mean circuit edges "
             f"{summary['edges_geomean_dense']:,.0f} dense vs {summary['edges_geomean_sparse']:,.0f} sparse, "
             f"a ratio of **{summary['edge_ratio']:.1f}x**.")
 
@@ -211,12 +211,11 @@ def report_markdown(report: dict) -> str:
                       "| --- | --- | --- | --- | --- |"]
             lines += ["| " + " | ".join([name, role, *_control_cells(e)]) + " |" for name, role, e in controlled]
         summary = report.get("summary") or {}
-        lines += ["", "## Summary", "", _ratio_line(summary, "task")]
+        lines += ["", "## Summary", "", _ratio_line(summary, "tasks both models solve (circuits sufficient on test)")]
         if summary.get("context"):
-            lines += ["", _ratio_line(summary["context"], "context task")]
+            lines += ["", _ratio_line(summary["context"], "context tasks both models solve")]
         if summary.get("controls_passed"):
-            lines += ["", _ratio_line(summary["controls_passed"], "task whose controls all pass",
-                                      "tasks whose controls all pass")]
+            lines += ["", _ratio_line(summary["controls_passed"], "tasks both models solve whose controls all pass")]
         for key, label in FLAGS.items():
             if summary.get(key):
                 lines += ["", f"{label}: {', '.join(summary[key])}."]

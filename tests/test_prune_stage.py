@@ -179,7 +179,7 @@ def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_an
     tasks["short"]["sparse"]["nonsense"]["reached_target"] = True  # a twin that fits its nonsense labels
     assert summarise(tasks)["controls_passed"]["tasks_compared"] == ["quote"]
     md = report_markdown({"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks, "summary": summary})
-    assert "a ratio of **16.0x**" in md and "Over the 2 tasks both models solve (quote, short)" in md
+    assert "a ratio of **16.0x**" in md and "both models solve (circuits sufficient on test) (2: quote, short)" in md
     assert "0.600 |" in md and "0.100 (short-range)" in md  # last-tokens losses
     assert "| missed | sparse | 2.000 / 1.000 / 2 of 10 | 0.700 / - / **REACHES** | 50 / 40 / 0.120 |" in md
     assert "Circuits whose nonsense twin reaches the target (pruning can fit the labels): missed / sparse." in md
