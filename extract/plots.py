@@ -112,10 +112,14 @@ def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, 
         ax.set_xlabel("circuit edges")
         ax.set_ylabel("task loss (test split)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    fig.tight_layout()
+    # one legend for the figure, below the panels, so no panel's points hide behind it
+    legend = {}
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(legend) > 4), 1, 1))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=min(len(legend), 5), fontsize=8)
     _save(fig, png_path)
 
 
