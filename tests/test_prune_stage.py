@@ -178,6 +178,8 @@ def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_an
     assert summary["controls_passed"]["tasks_compared"] == ["quote", "short"]
     tasks["short"]["sparse"]["nonsense"]["reached_target"] = True  # a twin that fits its nonsense labels
     assert summarise(tasks)["controls_passed"]["tasks_compared"] == ["quote"]
+    tasks["quote"]["dense"]["circuit"]["random_reached"] = 1  # a random circuit that does the task
+    assert summarise(tasks)["controls_passed"]["tasks_compared"] == []
     md = report_markdown({"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks, "summary": summary})
     assert "a ratio of **16.0x**" in md and "both models solve (circuits sufficient on test) (2: quote, short)" in md
     assert "0.600 |" in md and "0.100 (short-range)" in md  # last-tokens losses

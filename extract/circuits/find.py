@@ -126,9 +126,9 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts,
                   reached_target=found is not None)
     ranking = mask_ranking(mask)
-    # the lowest test loss this mask offers: every node it kept
-    result["mask_loss"] = scores_with_gates(model, mask, gates_of(mask, ranking), task.test)["loss"] if len(
-        ranking) else None
+    result["mask_loss"] = None  # the lowest test loss this mask offers: every node it kept
+    if len(ranking):
+        result["mask_loss"] = scores_with_gates(model, mask, gates_of(mask, ranking), task.test)["loss"]
     curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
     gates = None
     if found is not None:

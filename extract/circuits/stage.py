@@ -170,11 +170,17 @@ def summarise(tasks: dict) -> dict:
                if role != RANDOM_INIT]
     controls = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
     circuits = [(where, e, e["circuit"]) for where, e in entries if e.get("circuit")]
-    failed = {name for name, by_role in tasks.items() if _sufficient(by_role.get(RANDOM_INIT)) or any(
-        (by_role.get(role) or {}).get("nonsense", {}).get("reached_target") for role in COMPARED)}
-    summary = {**_ratio(tasks, both),
+    def control_failed(entry: dict | None) -> bool:  # a random draw or the nonsense twin reached the target
+        entry = entry or {}
+        return bool((entry.get("circuit") or {}).get("random_reached")
+                    or (entry.get("nonsense") or {}).get("reached_target"))
+
+    failed = {name for name, by_role in tasks.items()
+              if _sufficient(by_role.get(RANDOM_INIT)) or any(control_failed(by_role.get(r)) for r in COMPARED)}
+    return {**_ratio(tasks, both),
                "context": _ratio(tasks, context),
-               # the headline a skeptic keeps: tasks where no control (nonsense twin, random init) reaches the target
+               # the headline a skeptic keeps: tasks where no control (random draws, nonsense twin, random
+               # init) reaches the target
                "controls_passed": _ratio(tasks, [name for name in both if name not in failed]),
                "solved": {role: sorted(n for n, t in tasks.items() if (t.get(role) or {}).get("solved"))
                           for role in COMPARED},
@@ -187,7 +193,6 @@ def summarise(tasks: dict) -> dict:
                "random_init_chosen": [name for name, e in controls if e.get("circuit")],
                # ... and that circuit also reaches the target on test
                "random_init_reached": [name for name, e in controls if _sufficient(e)]}
-    return summary
 
 
 def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
