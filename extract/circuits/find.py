@@ -64,7 +64,8 @@ def fits_through_ablation(circuit_loss: float, full_loss: float) -> bool:
 
 
 def loss_edges_curve(model, mask: NodeMask, test: list[TaskExample], points: int = CURVE_POINTS) -> list[dict]:
-    """Test loss and edges of the top-k circuits for k on a geometric grid inside the kept set."""
+    """Test loss and edges of the top-k circuits for k on a geometric grid inside the kept set, ending
+    with the whole kept set."""
     ranking = mask_ranking(mask)
     if len(ranking) == 0:
         return []
@@ -125,11 +126,9 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     result["examples"]["train"] = len(task.train_examples())
     result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts,
                   reached_target=found is not None)
-    ranking = mask_ranking(mask)
-    result["mask_loss"] = None  # the lowest test loss this mask offers: every node it kept
-    if len(ranking):
-        result["mask_loss"] = scores_with_gates(model, mask, gates_of(mask, ranking), task.test)["loss"]
     curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
+    # the lowest test loss this mask offers, with every node it kept: the curve's last point
+    result["mask_loss"] = curve[-1]["loss"] if curve else None
     gates = None
     if found is not None:
         gates, chosen_on = found
