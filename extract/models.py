@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from extract.arch import ArchitectureError, family_of
+from extract.hub import hub_file, is_hub_id
 from extract.paths import DENSE_MODEL_DIR, TOKENIZER_DIR
 from extract.recipe import ModelConfig
 
@@ -39,25 +40,36 @@ def _why_missing(source: str, what: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer of the recipe's model (an adapter without one of its own: its base model's)."""
     key = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
     source = cfg.tokenizer or (str(TOKENIZER_DIR) if cfg.init_config is not None else _resolve(cfg.name_or_path))
-    if not (Path(source) / "tokenizer_config.json").is_file():
-        source = _adapter_base(source) or source
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=cfg.revision,
-                                                  trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as error:
-        reason = _why_missing(source, "tokenizer")
-        raise ModelLoadError(f"{key}: cannot load a tokenizer: {reason}\n  ({error})") from None
+    sources = [(source, cfg.revision)]
+    if not cfg.tokenizer and cfg.init_config is None and (base := adapter_base(cfg)) is not None:
+        sources.append((base, None))
+    for i, (name, revision) in enumerate(sources):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=cfg.trust_remote_code)
+            break
+        except (OSError, ValueError) as error:
+            if i == len(sources) - 1:
+                reason = _why_missing(name, "tokenizer")
+                raise ModelLoadError(f"{key}: cannot load a tokenizer: {reason}\n  ({error})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _adapter_base(source: str) -> str | None:
-    """The base model a PEFT adapter directory names, or None when `source` is no adapter."""
-    adapter = Path(source) / "adapter_config.json"
-    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else None
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder or Hub repo a PEFT adapter
+
+
+def adapter_base(cfg: ModelConfig) -> str | None:
+    """The base model a PEFT adapter (a local folder or a Hub repo) names, or None when the model is
+    no adapter."""
+    source = _resolve(cfg.name_or_path)
+    path = Path(source) / ADAPTER_CONFIG
+    if not path.is_file():
+        path = hub_file(source, ADAPTER_CONFIG, cfg.revision) if cfg.init_config is None and is_hub_id(source) else None
+    return json.loads(path.read_text())["base_model_name_or_path"] if path is not None else None
 
 
 def model_config(cfg: ModelConfig, vocab_size: int | None = None):
@@ -69,10 +81,10 @@ def model_config(cfg: ModelConfig, vocab_size: int | None = None):
             return AutoConfig.for_model(model_type, **shape)
         except ValueError as error:
             raise ModelLoadError(f"model.init_config.model_type: {error}") from None
-    source = _resolve(cfg.name_or_path)
-    source = _adapter_base(source) or source
+    base = adapter_base(cfg)
+    source, revision = (base, None) if base is not None else (_resolve(cfg.name_or_path), cfg.revision)
     try:
-        return AutoConfig.from_pretrained(source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as error:
         reason = _why_missing(source, "model config")
         raise ModelLoadError(f"model.name_or_path: cannot load the model: {reason}\n  ({error})") from None
@@ -90,11 +102,11 @@ def check_family(cfg: ModelConfig, vocab_size: int | None = None):
     return config
 
 
-def _from_pretrained(source: str, cfg: ModelConfig):
+def _from_pretrained(source: str, cfg: ModelConfig, revision: str | None):
     try:
         return AutoModelForCausalLM.from_pretrained(
             source,
-            revision=cfg.revision,
+            revision=revision,
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,  # never unpickle weights
             dtype=torch.float32,
@@ -107,20 +119,22 @@ def _from_pretrained(source: str, cfg: ModelConfig):
 def load_model(cfg: ModelConfig, vocab_size: int | None = None):
     """Load the dense model a recipe names, in float32 and eval mode.
 
-    A directory holding `adapter_config.json` is a PEFT adapter: its base model is loaded and the
-    adapter merged into it, so everything downstream sees one plain dense model.
+    A folder or Hub repo holding `adapter_config.json` is a PEFT adapter: its base model is loaded and
+    the adapter merged into it, so everything downstream sees one plain dense model.
     """
     config = check_family(cfg, vocab_size)
     if cfg.init_config is not None:
         return AutoModelForCausalLM.from_config(config)
     source = _resolve(cfg.name_or_path)
-    base_name = _adapter_base(source)
+    base_name = adapter_base(cfg)
     if base_name is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(_from_pretrained(base_name, cfg), source).merge_and_unload()
+        base = _from_pretrained(base_name, cfg, None)
+        model = PeftModel.from_pretrained(base, source, revision=cfg.revision).merge_and_unload()
+        model.requires_grad_(True)  # PEFT froze the base weights; merged, they are the model to sparsify
     else:
-        model = _from_pretrained(source, cfg)
+        model = _from_pretrained(source, cfg, cfg.revision)
     return model.eval()
 
 

@@ -10,8 +10,9 @@ from extract.recipe import Recipe, RecipeError
 
 RECIPE_FILE = "recipe.yaml"
 # Keys that never change the trained model: which circuits are pruned (a different task list may
-# reuse an output_dir), and where the directory is (a moved or copied run is still the same run).
-KEYS_THAT_KEEP_THE_MODEL = ("tasks", "prune.", "output_dir")
+# reuse an output_dir), where the directory is (a moved or copied run is still the same run), and
+# where it is published.
+KEYS_THAT_KEEP_THE_MODEL = ("tasks", "prune.", "output_dir", "hub.")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
@@ -69,33 +70,6 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def _is_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
-
-
-def model_card(report: dict, recipe: Recipe) -> str:
-    """README.md for the saved model folder, so a pushed folder explains itself on the Hub."""
-    sparse = report.get("sparse") or report.get("trained")
-    dense = report.get("dense")
-    header = ["---", "library_name: transformers", "tags:", "- weight-sparse", "- interpretability"]
-    if dense and _is_hub_id(dense["model"]):
-        header.append(f"base_model: {dense['model']}")
-    lines = header + ["---", "", f"# {recipe.name}", ""]
-    if dense:
-        lines += [f"A weight-sparse fine-tune of `{dense['model']}`, made by the `extract` tool with the recipe in",
-                  "`recipe.yaml`.", ""]
-    lines += ["| | held-out loss | density | closing-quote accuracy |", "| --- | --- | --- | --- |"]
-    for role, section in (("dense", dense), ("this model", sparse)):
-        if section:
-            density = f"{section['density']:.5f}" if "density" in section else "1 (dense)"
-            accuracy = f"{section['quote_accuracy']:.3f}" if "quote_accuracy" in section else "-"
-            lines.append(f"| {role} | {section['heldout_loss']:.4f} | {density} | {accuracy} |")
-    lines += ["", "Density is the nonzero fraction of the sparsified tensors (attention and MLP matrices, token and",
-              "position embeddings), measured on these weights. The model loads with plain",
-              "`AutoModelForCausalLM.from_pretrained`, and the zeros are stored as zeros.", ""]
-    return "\n".join(lines)
-
-
 def _number(value, fmt: str = ".3f") -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -147,7 +121,7 @@ def _control_cells(entry: dict) -> list[str]:
     return [randoms, nonsense, attribution]
 
 
-def _ratio_line(summary: dict, which: str) -> str:
+def ratio_line(summary: dict, which: str) -> str:
     """`which` names the tasks compared, e.g. "tasks both models solve"."""
     if not summary.get("edge_ratio"):
         return f"No edge ratio over the {which}: there are none."
@@ -211,11 +185,11 @@ def report_markdown(report: dict) -> str:
                       "| --- | --- | --- | --- | --- |"]
             lines += ["| " + " | ".join([name, role, *_control_cells(e)]) + " |" for name, role, e in controlled]
         summary = report.get("summary") or {}
-        lines += ["", "## Summary", "", _ratio_line(summary, "tasks both models solve (circuits sufficient on test)")]
+        lines += ["", "## Summary", "", ratio_line(summary, "tasks both models solve (circuits sufficient on test)")]
         if summary.get("context"):
-            lines += ["", _ratio_line(summary["context"], "context tasks both models solve")]
+            lines += ["", ratio_line(summary["context"], "context tasks both models solve")]
         if summary.get("controls_passed"):
-            lines += ["", _ratio_line(summary["controls_passed"], "tasks both models solve whose controls all pass")]
+            lines += ["", ratio_line(summary["controls_passed"], "tasks both models solve whose controls all pass")]
         for key, label in FLAGS.items():
             if summary.get(key):
                 lines += ["", f"{label}: {', '.join(summary[key])}."]

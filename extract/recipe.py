@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from typing import Any, Literal
 import yaml
 
 from extract.paths import RECIPES_DIR
+
+HUB_REPO_ID = r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}"  # what the Hub accepts as namespace/name
 
 
 class RecipeError(ValueError):
@@ -146,6 +149,17 @@ class PruneConfig:
 
 
 @dataclass
+class HubConfig:
+    """Publishing a finished run to the Hugging Face Hub (docs/publishing.md). The token comes from
+    huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) and is never printed or saved."""
+
+    repo_id: str | None = None  # "name/repo": push when the run finishes; None: never push
+    private: bool = False  # only when the push creates the repository
+    revision: str | None = None  # a branch, made from main when missing; None: main
+    license: str | None = None  # the model card's license (the base model's); None: "other"
+
+
+@dataclass
 class Recipe:
     name: str = "unnamed"
     output_dir: str = "outputs/unnamed"
@@ -158,6 +172,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tasks: list[str | TaskFileRef] = field(default_factory=list)  # built-in task names and task files
     prune: PruneConfig = field(default_factory=PruneConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
     env: dict[str, str] = field(default_factory=dict)  # environment set before anything loads
 
     def to_dict(self) -> dict:
@@ -293,6 +308,8 @@ def validate(recipe: Recipe) -> None:
     _check(all(k >= 0 for k in p.k_coef_fallbacks), "prune.k_coef_fallbacks", "every value must be >= 0",
            p.k_coef_fallbacks)
     _check_tasks(recipe.tasks)
+    _check(recipe.hub.repo_id is None or re.fullmatch(HUB_REPO_ID, recipe.hub.repo_id) is not None, "hub.repo_id",
+           "must be a Hub repository id, 'namespace/name'", recipe.hub.repo_id)
     if recipe.model.init_config is not None and recipe.loss.kl_weight > 0:
         raise RecipeError("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
 

@@ -13,14 +13,16 @@ from safetensors.torch import load_file
 
 from extract import checkpoints
 from extract.arch import sparse_tensors
-from extract.models import count_params, load_model, load_tokenizer
-from extract.outputs import model_card, report_markdown
+from extract.card import model_card
+from extract.models import adapter_base, count_params, load_model, load_tokenizer
+from extract.outputs import report_markdown
+from extract.paths import MODEL_DIRNAME
 from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
-from extract.train import MODEL_DIRNAME, TRAIN_LOG, heldout_metrics, prepare_heldout
+from extract.train import TRAIN_LOG, heldout_metrics, prepare_heldout
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:
@@ -69,6 +71,8 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
     if recipe.model.init_config is None:
         teacher = load_model(recipe.model).to(device)
         report["dense"] = {"model": recipe.model.name_or_path, **model_section(teacher, heldout, quotes)}
+        if (base := adapter_base(recipe.model)) is not None:  # a LoRA adapter, merged into its base model
+            report["dense"]["adapter_base"] = base
     section = {"path": str(model_dir), **model_section(trained, heldout, quotes, teacher)}
     if recipe.sparsity.enabled:
         density, nonzero, n_tensors = saved_density(model_dir, trained, recipe.sparsity.embeddings)
@@ -79,7 +83,7 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
     report = merge_circuits(report, out)
-    checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe))
+    checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe, recipe.hub.repo_id))
     plot_training(out / TRAIN_LOG, out / "training.png")
     return report
 

@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a file: make the package importable from
 from extract.recipe import RecipeError, available_recipes, load_recipe  # noqa: E402  (light: no torch)
 
 DEFAULT_RECIPE = "tiny-python"
-STAGES = ("sparsify", "prune", "report", "all")
+STAGES = ("sparsify", "prune", "report", "push", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  accelerate launch extract/run.py --recipe gpt2-small\n"
             "  python extract/run.py train.steps=50 output_dir=/tmp/x  # override any field by dotted path\n"
             "  accelerate launch --multi_gpu --num_processes 2 extract/run.py   # 2 CPU processes (gloo)\n"
-            "  python extract/run.py --stage prune --model path/to/model --task my_task.jsonl output_dir=/tmp/c\n\n"
+            "  python extract/run.py --stage prune --model path/to/model --task my_task.jsonl output_dir=/tmp/c\n"
+            "  python extract/run.py --stage push hub.repo_id=you/tiny-python-sparse  # publish a finished run\n\n"
             "Rerunning the same command resumes from the newest checkpoint in output_dir."
         ),
     )
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"a name from recipes/ or a path to a YAML file (default: {DEFAULT_RECIPE})")
     parser.add_argument("--stage", choices=STAGES, default="all",
                         help="sparsify: train and save the sparse model; prune: find and check the task "
-                             "circuits; report: write report.json and report.md from saved outputs; all: the three "
-                             "in order (default)")
+                             "circuits; report: write report.json and report.md from saved outputs; push: publish "
+                             "the finished output_dir to the Hub repo hub.repo_id; all: sparsify, prune and report "
+                             "in order, then push when hub.repo_id is set (default)")
     parser.add_argument("--model", action="append", metavar="PATH_OR_ID",
                         help="with --stage prune: prune this saved model (repeatable) instead of the recipe's "
                              "dense and sparse models")
@@ -74,12 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # Before transformers/datasets are imported: they read these (e.g. HF_HUB_OFFLINE) at import.
+    pushes = args.stage == "push" or (args.stage == "all" and recipe.hub.repo_id is not None)
+    if pushes and recipe.hub.repo_id is None:
+        print(f"error: {_display_path(recipe_path)}: hub.repo_id: --stage push needs the Hub repo to push to, "
+              "e.g. hub.repo_id=you/tiny-python-sparse", file=sys.stderr)
+        return 2
+    # Before transformers/datasets are imported: they read these (e.g. HF_HUB_OFFLINE) at import. A run
+    # that pushes keeps the network: a recipe's HF_HUB_OFFLINE only guards loading.
     for key, value in recipe.env.items():
-        os.environ.setdefault(key, value)
+        if not (pushes and key == "HF_HUB_OFFLINE"):
+            os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if args.stage == "push":
+        from extract.hub import PushError
+
+        try:
+            _push(recipe)
+        except (PushError, RecipeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
+
     from extract.arch import ArchitectureError
+    from extract.hub import PushError
     from extract.models import ModelLoadError, check_family
     from extract.outputs import save_recipe
     from extract.report import write_report
@@ -110,12 +130,29 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(summary_lines(report)))
             print(f"report: {Path(recipe.output_dir) / 'report.json'}")
+        if pushes and accelerator.is_main_process:
+            _push(recipe)
         accelerator.wait_for_everyone()
-    except (ArchitectureError, ModelLoadError, NonFiniteLossError, RecipeError, TaskFileError, FileNotFoundError,
-            KeyError, ValueError) as error:
+    except (ArchitectureError, ModelLoadError, NonFiniteLossError, PushError, RecipeError, TaskFileError,
+            FileNotFoundError, KeyError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _push(recipe) -> None:
+    """Publish the finished output_dir (--stage push, or the end of a run with hub.repo_id set)."""
+    from extract.card import model_card
+    from extract.hub import finished_report, push_run
+    from extract.outputs import RECIPE_FILE
+
+    out = Path(recipe.output_dir)
+    report = finished_report(out)
+    # the card describes the run as it was made: its saved recipe and its report
+    saved = load_recipe(str(out / RECIPE_FILE))[0] if (out / RECIPE_FILE).is_file() else recipe
+    saved.hub = recipe.hub
+    commit = push_run(out, recipe.hub, model_card(report, saved, recipe.hub.repo_id))
+    print(f"pushed: {recipe.hub.repo_id} (commit {commit[:12]})")
 
 
 if __name__ == "__main__":

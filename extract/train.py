@@ -28,6 +28,7 @@ from extract.data import CorpusSpec, heldout_tensor, load_text_splits, pack_bloc
 from extract.losses import token_losses
 from extract.models import load_model, load_tokenizer
 from extract.outputs import RECIPE_FILE, recipe_yaml
+from extract.paths import MODEL_DIRNAME
 from extract.recipe import OptimConfig, Recipe
 from extract.sparsity import (
     base_lr_factor,
@@ -41,7 +42,6 @@ from extract.sparsity import (
     tensor_targets,
 )
 
-MODEL_DIRNAME = "model"
 CHECKPOINT_DIRNAME = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 EVAL_LOGITS_BUDGET = 2**25  # floats of held-out logits per batch (128 MB)

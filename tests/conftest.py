@@ -129,3 +129,28 @@ def fit_two_way_task(model, examples, steps: int = 80, lr: float = 1e-2) -> floa
         loss.backward()
         optimizer.step()
     return float(loss.detach())
+
+
+@pytest.fixture(scope="session")
+def quote_model(tmp_path_factory):
+    """(model dir, task file): a 2-layer GPT-2 with the shipped tokenizer, trained on the task's
+    two-way loss until it closes quotes, and the task file it is pruned on."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from extract.paths import TOKENIZER_DIR
+    from extract.tasks.jsonl import load_task_file
+
+    root = tmp_path_factory.mktemp("quote-model")
+    task_file = root / "quotes.jsonl"
+    task_file.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    examples = load_task_file(task_file, tokenizer, max_context=64)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    assert fit_two_way_task(model, examples) < 0.05, "the test model should have learned the task"
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model", task_file

@@ -4,41 +4,17 @@ import json
 import pytest
 import torch
 
-from tests.conftest import fit_two_way_task, quote_lines, run_cli
-
-
-@pytest.fixture(scope="module")
-def quote_model(tmp_path_factory):
-    """(model dir, task file): a 2-layer GPT-2 with the shipped tokenizer, trained on the task's
-    two-way loss until it closes quotes, and the task file it is pruned on."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    from extract.paths import TOKENIZER_DIR
-    from extract.tasks.jsonl import load_task_file
-
-    root = tmp_path_factory.mktemp("quote-model")
-    task_file = root / "quotes.jsonl"
-    task_file.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
-    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-    examples = load_task_file(task_file, tokenizer, max_context=64)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config)
-    assert fit_two_way_task(model, examples) < 0.05, "the test model should have learned the task"
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return root / "model", task_file
-
+from tests.conftest import quote_lines, run_cli
 
 PRUNE = ["prune.steps=80", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8"]
 
 
-def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_model):
+def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_model, tiny_model_dir):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from extract.circuits.files import gates_from_record, load_circuit
+    from extract.circuits.files import gates_from_record, read_circuit, test_examples
+    from extract.circuits.load import CircuitLoadError, load_circuit
     from extract.circuits.masks import NodeMask
     from extract.circuits.prune import scores_with_gates
     from extract.circuits.sites import node_sites
@@ -74,20 +50,30 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     drawings = list((out / "circuits").glob("quotes.*.png"))
     assert len(drawings) == (1 if circuit["edges"] <= MAX_DRAWN_EDGES else 0)
 
-    # the circuit file alone reproduces the circuit: its nodes give the same held-out loss and edges
+    # the circuit file alone reproduces the circuit: its nodes give the same test loss and edges
     files = list((out / "circuits").glob("quotes.*.json"))
     assert len(files) == 1
-    record = load_circuit(files[0])
+    record = read_circuit(files[0])
     assert len(record["edges"]) == circuit["edges"]
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     sites = node_sites(model)
     gates = gates_from_record(record, {s.key: s.width for s in sites})
     assert int(sum(g.sum() for g in gates.values())) == circuit["nodes"]
-    (means_file,) = (out / "circuits" / "means").glob("means-*.safetensors")
-    mask = NodeMask(sites, load_file(means_file))
+    mask = NodeMask(sites, load_file(out / "circuits" / record["means_file"]))
     recipe, _ = load_recipe(str(out / "recipe.yaml"))
     task = load_task(TaskFileRef(str(task_file)), AutoTokenizer.from_pretrained(model_dir), 64, recipe)
+    assert test_examples(record) == task.test
     assert scores_with_gates(model, mask, gates, task.test)["loss"] == pytest.approx(circuit["loss"], abs=1e-5)
+    # ... and so does the public API, from the output folder, with every check
+    loaded = load_circuit(out, "quotes", model=str(model_dir))
+    checked = loaded.check()
+    assert checked["loss"] == pytest.approx(circuit["loss"], abs=1e-6) and checked["edges"] == circuit["edges"]
+    assert (checked["sufficient"], checked["necessary"], checked["random_reached"]) == (True, True, 0)
+    with loaded.active() as ablated:  # everything outside the circuit held at its mean
+        assert not torch.allclose(ablated(torch.tensor([task.test[0].prompt_ids])).logits,
+                                  model(torch.tensor([task.test[0].prompt_ids])).logits)
+    with pytest.raises(CircuitLoadError, match="not the ones the circuit was found on"):
+        load_circuit(out, "quotes", model=str(model_dir), model_path=tiny_model_dir)
 
     # the same command again (as after an interruption) reuses the finished (task, model) result
     rerun = run_cli(*args)

@@ -46,6 +46,8 @@ def _write(tmp_path, text):
         ("prune:\n  k_coef_fallbacks: 3.0e-4\n", "prune.k_coef_fallbacks: expected a list"),
         ("sparsity:\n  embedding_density: 2\n", "sparsity.embedding_density: must be in (0, 1] or null"),
         ("sparsity:\n  sharkfin_power: -1\n", "sparsity.sharkfin_power: must be >= 0, got -1.0"),
+        ("hub:\n  repo_id: my-model\n", "hub.repo_id: must be a Hub repository id, 'namespace/name'"),
+        ("hub:\n  private: yes please\n", "hub.private: expected bool"),
         ("train: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "a recipe must be a mapping"),
     ],
@@ -85,6 +87,14 @@ def test_cli_rejects_bad_recipe_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert f"{path}: sparsity.target_density: must be in (0, 1], got 0" in proc.stderr
     assert not out.exists()
+
+
+def test_push_needs_a_repo_and_a_finished_run(tmp_path):
+    proc = run_cli("--stage", "push", f"output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and "hub.repo_id: --stage push needs the Hub repo to push to" in proc.stderr
+    proc = run_cli("--stage", "push", f"output_dir={tmp_path}", "hub.repo_id=you/x", check=False)
+    assert proc.returncode == 1 and "no report.json; only a finished run can be pushed" in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_cli_help_lists_recipes():

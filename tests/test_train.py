@@ -167,6 +167,7 @@ def test_lora_adapter_is_merged_into_the_dense_input(tiny_model_dir, tmp_path):
     merged = load_model(ModelConfig(name_or_path=str(adapter_dir)))
     assert type(merged).__name__ == "GPT2LMHeadModel"
     assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert all(p.requires_grad for p in merged.parameters())  # PEFT froze the base; sparsifying trains all of it
     torch.testing.assert_close(merged(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-4)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-3)

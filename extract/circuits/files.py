@@ -4,21 +4,38 @@ without the run that found it."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from extract import checkpoints
 from extract.circuits.edges import list_edges
+from extract.recipe import PruneConfig
+from extract.tasks.examples import TaskExample
 
 # 2: calibrated_loss and calibration; 3: k_coef and attempts; 4: train/validation/test splits and controls;
-# 5: the size margin covers the test sample's noise too (validation_bound)
-FORMAT_VERSION = 5
+# 5: the size margin covers the test sample's noise too (validation_bound); 6: the weights' fingerprint, the
+# means file and the test examples, so that a published circuit re-checks on its own (extract.load_circuit)
+FORMAT_VERSION = 6
 
 
-def circuit_record(model, task: str, role: str, model_path: str, found, target_loss: float) -> dict:
-    record = {"format": FORMAT_VERSION, "task": task, "model": role, "model_path": model_path,
-              "target_loss": target_loss, **found.result, "curve": found.curve, "nodes": None, "edges": None}
+def circuit_file(task: str, role: str, suffix: str = ".json") -> str:
+    """The name of a (task, model) circuit file in the circuits folder: TASK.MODEL.json, where a model
+    named by a path or Hub id has every other character replaced by "_"."""
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in role.strip("./"))
+    return f"{task}.{slug}{suffix}"
+
+
+def circuit_record(model, task: str, role: str, model_path: str, found, cfg: PruneConfig, *,
+                   weights: str, means_file: str, test: list[TaskExample]) -> dict:
+    """`cfg`: the pruning settings; `weights`: the model's fingerprint; `means_file`: the ablation means,
+    relative to the circuits folder; `test`: the examples every reported figure was read on."""
+    record = {"format": FORMAT_VERSION, "task": task, "model": role, "model_path": model_path, "weights": weights,
+              "means_file": means_file, "target_loss": cfg.target_loss, "prune": asdict(cfg), **found.result,
+              "curve": found.curve,
+              "test_examples": [[list(e.prompt_ids), e.target_id, e.alternative_id] for e in test],
+              "nodes": None, "edges": None}
     if found.gates is not None:
         kept = {key: gate.bool() for key, gate in found.gates.items()}
         record["nodes"] = {key: torch.nonzero(mask).flatten().tolist() for key, mask in kept.items() if mask.any()}
@@ -30,8 +47,12 @@ def write_circuit(path: Path, record: dict) -> None:
     checkpoints.write_json_atomic(path, record)
 
 
-def load_circuit(path: str | Path) -> dict:
+def read_circuit(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def test_examples(record: dict) -> list[TaskExample]:
+    return [TaskExample(tuple(prompt), target, alternative) for prompt, target, alternative in record["test_examples"]]
 
 
 def gates_from_record(record: dict, site_widths: dict[str, int]) -> dict[str, torch.Tensor]:

@@ -17,22 +17,23 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import checkpoints
-from extract.circuits.files import FORMAT_VERSION, circuit_record, write_circuit
+from extract.circuits.files import FORMAT_VERSION, circuit_file, circuit_record, write_circuit
 from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
 from extract.circuits.sites import node_sites, site_means
 from extract.models import load_model, load_tokenizer
 from extract.outputs import penalties_tried, retry_note
+from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import ModelConfig, Recipe, TaskFileRef
 from extract.tasks.builtin import builtin_task
 from extract.tasks.examples import SPLITS, split_of
 from extract.tasks.jsonl import load_task_file
-from extract.train import MODEL_DIRNAME, prepare_heldout
+from extract.train import prepare_heldout
 
 log = logging.getLogger(__name__)
 
-CIRCUITS_DIRNAME = "circuits"
 RESULTS_DIRNAME = "results"  # one finished (task, model) per file: what a rerun resumes from
 SUMMARY_FILE = "circuits.json"
+MEANS_DIRNAME = "means"  # cached ablation means, one file per (weights, held-out text)
 RANDOM_INIT = "random_init"
 MAX_DRAWN_EDGES = 3000  # beyond this a drawing is a hairball (dense circuits are not drawn)
 
@@ -78,13 +79,16 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def means_file(fingerprint: str, blocks: torch.Tensor) -> str:
+    """The cache file name of a model's means on `blocks`, from the weights' and the blocks' fingerprints
+    (so a retrained model or other text never reuses stale means)."""
+    return f"means-{hashlib.sha256(fingerprint.encode() + blocks.numpy().tobytes()).hexdigest()[:16]}.safetensors"
+
+
 def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path, fingerprint: str | None = None
                  ) -> dict[str, torch.Tensor]:
-    """Mean activation per node on held-out pretraining text, cached by the weights' and the
-    blocks' fingerprints (so a retrained model or other text never reuses stale means)."""
-    fingerprint = fingerprint or weights_fingerprint(model)
-    key = hashlib.sha256(fingerprint.encode() + blocks.numpy().tobytes()).hexdigest()[:16]
-    path = cache_dir / f"means-{key}.safetensors"
+    """Mean activation per node on held-out pretraining text, cached in `cache_dir`."""
+    path = cache_dir / means_file(fingerprint or weights_fingerprint(model), blocks)
     if path.exists():
         return load_file(path)
     means = site_means(model, sites, blocks)
@@ -228,13 +232,14 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
     sites = node_sites(entry.model)
     blocks = _mean_blocks(recipe, entry.tokenizer)
     fingerprint = weights_fingerprint(entry.model)
-    means = cached_means(entry.model, sites, blocks, out / "means", fingerprint)
+    means = cached_means(entry.model, sites, blocks, out / MEANS_DIRNAME, fingerprint)
+    means_path = f"{MEANS_DIRNAME}/{means_file(fingerprint, blocks)}"  # relative to the circuits folder
     max_context = entry.model.config.max_position_embeddings  # every HF config answers to this name
     for task in recipe.tasks:
         data = load_task(task, entry.tokenizer, max_context, recipe)
         if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
             continue  # the control is for circuits the report claims, not for tasks no model does
-        result_path = out / RESULTS_DIRNAME / f"{data.name}.{_slug(entry.role)}.json"
+        result_path = out / RESULTS_DIRNAME / circuit_file(data.name, entry.role)
         key = result_key(recipe, fingerprint, means, data)
         saved = load_result(result_path, key)
         if saved is not None:  # a rerun after an interruption: this one is done
@@ -251,10 +256,11 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
         tasks.setdefault(data.name, {})[entry.role] = found.result
         curves.setdefault(data.name, {})[entry.role] = found.curve
         if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
-            record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg.target_loss)
-            write_circuit(out / f"{data.name}.{_slug(entry.role)}.json", record)
+            record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
+                                    weights=fingerprint, means_file=means_path, test=data.test)
+            write_circuit(out / circuit_file(data.name, entry.role), record)
             if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
-                draw_circuit(record, out / f"{data.name}.{_slug(entry.role)}.png")
+                draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
         # written last, after the circuit files: its presence means this (task, model) is complete
         checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
         log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
@@ -283,9 +289,6 @@ class _LazyBar:
             self.bar.close()
             self.bar = None
 
-
-def _slug(role: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in role.strip("./"))
 
 
 def circuit_line(task: str, role: str, result: dict, target: float) -> str:
