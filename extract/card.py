@@ -89,15 +89,21 @@ def _circuit_rows(report: dict) -> list[str]:
 
 
 def _usage(where: str, report: dict) -> list[str]:
-    tasks = report.get("tasks") or {}
-    example = next((t for t, by_role in tasks.items() if (by_role.get("sparse") or {}).get("circuit")), None)
-    lines = ["## Use", "", "The model loads with plain transformers (no project code, no `trust_remote_code`); its "
-             "zeros are stored as zeros.", "", "```python", "from transformers import AutoModelForCausalLM", "",
-             f'model = AutoModelForCausalLM.from_pretrained("{where}")', "```", ""]
-    if example:
+    """How to load the model (when the run made one) and a circuit (the sparse model's when it has one)."""
+    found = [(task, role) for task, by_role in (report.get("tasks") or {}).items()
+             for role, entry in by_role.items() if role != RANDOM_INIT and entry.get("circuit")]
+    found.sort(key=lambda pair: pair[1] != "sparse")
+    lines = ["## Use", ""]
+    if report.get("sparse") or report.get("trained"):
+        lines += ["The model loads with plain transformers (no project code, no `trust_remote_code`); its zeros "
+                  "are stored as zeros.", "", "```python", "from transformers import AutoModelForCausalLM", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{where}")', "```", ""]
+    if found:
+        task, role = found[0]
+        which = ")  # model=\"dense\" for the dense model's" if role == "sparse" else f", model={role!r})"
         lines += ["A circuit loads with `extract` and checks itself on the task's test examples:",
                   "", "```python", "from extract import load_circuit", "",
-                  f'circuit = load_circuit("{where}", "{example}")  # model="dense" for the dense model\'s',
+                  f'circuit = load_circuit("{where}", "{task}"{which}',
                   "print(circuit)            # nodes, edges, and the claimed test loss",
                   "checked = circuit.check()  # recomputes the loss, sufficiency, necessity and random controls",
                   "```", ""]
@@ -115,7 +121,8 @@ def model_card(report: dict, recipe: Recipe, repo_id: str | None = None) -> str:
                   f"`recipe.yaml`: {sparse['density']:.2%} of the sparsified weights (attention and MLP matrices, "
                   f"embeddings) are nonzero, {sparse['nonzero_params']:,} parameters in all. It was distilled from the "
                   "dense model so that task circuits pruned out of it are small enough to read.", ""]
-    lines += ["## Models", "", *_models_table(report), ""]
+    if any(report.get(role) for role in ("dense", "sparse", "trained")):
+        lines += ["## Models", "", *_models_table(report), ""]
     if sparse and "loss_ratio" in sparse:
         lines += [f"Held-out loss is {sparse['loss_ratio']:.3f}x the dense model's (KL to dense "
                   f"{sparse['kl_to_dense']:.4f}) after {sparse['tokens']:,} fine-tuning tokens.", ""]

@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (pushes and key == "HF_HUB_OFFLINE"):
             os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # huggingface_hub's HTTP clients log every request at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.stage == "push":
         from extract.hub import PushError

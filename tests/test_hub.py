@@ -166,6 +166,13 @@ def test_the_card_is_generated_from_the_report(hub, pushed):
     changed = model_card(report, recipe, REPO)
     assert "| 123,457 |" in changed and "9.8765" in changed and "9.8765" not in card
 
+    # a `--stage prune --model X` run has no model of its own: the card says how to load its circuits only
+    pruned_only = {"recipe": "r.yaml", "target_loss": 0.15, "summary": {},
+                   "tasks": {"quotes": {"you/other-model": report["tasks"]["quotes"]["dense"]}}}
+    card = model_card(pruned_only, recipe, REPO)
+    assert "from_pretrained" not in card and "## Models" not in card
+    assert f'load_circuit("{REPO}", "quotes", model=\'you/other-model\')' in card
+
 
 def test_pushing_the_same_run_again_changes_nothing(hub, pushed):
     recipe, out, _ = pushed
