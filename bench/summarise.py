@@ -66,10 +66,32 @@ def scaling(r: dict) -> list[str]:
     return lines
 
 
+def spread(r: dict) -> list[str]:
+    def cell(key: str, fmt: str) -> str:
+        s = r[key]
+        return f"{format(s['mean'], fmt)} ({format(s['min'], fmt)}-{format(s['max'], fmt)})"
+
+    lines = [f"`{r['command']}` ({sum(row['seconds'] for row in r['rows']) / 60:.0f} min; "
+             f"{len(r['rows'])} data orders; mean (range)):", "",
+             "| held-out loss | vs dense | quote accuracy | tasks solved | edge ratio |",
+             "| --- | --- | --- | --- | --- |",
+             f"| {cell('heldout_loss', '.3f')} | {cell('loss_ratio', '.3f')}x | {cell('quote_accuracy', '.1%')} | "
+             f"{cell('tasks_solved', '.1f')} | " + (f"{cell('edge_ratio', '.1f')}x" if r["edge_ratio"] else "-") + " |",
+             "", "| seed | held-out loss | quote accuracy | sparse solves | compared | edge ratio |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        ratio = f"{row['edge_ratio']:.1f}x" if row["edge_ratio"] else "-"
+        lines.append(f"| {row['seed']} | {row['heldout_loss']:.3f} | {row['quote_accuracy']:.1%} | "
+                     f"{', '.join(row['solved']) or '-'} | {', '.join(row['tasks_compared']) or '-'} | {ratio} |")
+    return lines
+
+
 SECTIONS = [("Cost of the machinery", "machinery.json", "python bench/bench_machinery.py --json "
              "bench/results/machinery.json", machinery),
             ("Pruning budget", "prune_budget*.json", "python bench/bench_prune_budget.py --run outputs/tiny-python "
              "--json bench/results/prune_budget.json", prune_budget),
+            ("Run-to-run spread of the default", "spread.json", "python bench/bench_spread.py --json "
+             "bench/results/spread.json", spread),
             ("Scaling with width and depth", "scaling.json", "python bench/bench_scaling.py --json "
              "bench/results/scaling.json", scaling)]
 
