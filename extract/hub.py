@@ -82,11 +82,10 @@ def finished_report(out: Path) -> dict:
 
 
 def files_to_push(out: Path) -> dict[str, Path]:
-    """{path in the repo: local file} for a finished output folder: the model folder's files at the
-    root, the run's files, and the circuits (files, drawings, and the means they name). Checkpoints,
-    the resume cache and scratch files stay local."""
+    """{path in the repo: local file} for a finished output folder (finished_report checks that): the
+    model folder's files at the root, the run's files, and the circuits (files, drawings, and the
+    means they name). Checkpoints, the resume cache and scratch files stay local."""
     out = Path(out)
-    finished_report(out)
     files: dict[str, Path] = {}
     model_dir = out / MODEL_DIRNAME
     if model_dir.is_dir():

@@ -5,6 +5,7 @@ from its config, before any weights load, so an unsupported model fails at once.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -65,10 +66,14 @@ ADAPTER_CONFIG = "adapter_config.json"  # what makes a folder or Hub repo a PEFT
 def adapter_base(cfg: ModelConfig) -> str | None:
     """The base model a PEFT adapter (a local folder or a Hub repo) names, or None when the model is
     no adapter."""
-    source = _resolve(cfg.name_or_path)
+    return None if cfg.init_config is not None else _adapter_base(_resolve(cfg.name_or_path), cfg.revision)
+
+
+@functools.lru_cache(maxsize=None)  # config, tokenizer and weights each ask; a Hub repo is asked once
+def _adapter_base(source: str, revision: str | None) -> str | None:
     path = Path(source) / ADAPTER_CONFIG
     if not path.is_file():
-        path = hub_file(source, ADAPTER_CONFIG, cfg.revision) if cfg.init_config is None and is_hub_id(source) else None
+        path = hub_file(source, ADAPTER_CONFIG, revision) if is_hub_id(source) else None
     return json.loads(path.read_text())["base_model_name_or_path"] if path is not None else None
 
 

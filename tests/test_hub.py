@@ -6,6 +6,7 @@ must never show up in any output.
 """
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,7 +41,7 @@ class Hub:
         """Run `code` in a fresh interpreter against the server, with its own download cache; its stdout."""
         env = {**self.env, "HF_HOME": str(cache)}
         proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                              env={**_environ(), **env}, cwd=ROOT, timeout=600)
+                              env={**os.environ, **env}, cwd=ROOT, timeout=600)
         self.outputs.append(proc.stdout + proc.stderr)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
@@ -54,12 +55,6 @@ class Hub:
 
     def commits(self, repo: str) -> int:
         return len(json.loads((self.root / "repos" / f"{repo}.json").read_text())["commits"])
-
-
-def _environ() -> dict:
-    import os
-
-    return dict(os.environ)
 
 
 @pytest.fixture(scope="module")
