@@ -15,27 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from extract.circuits.stage import summarise
+from default_runs import FAST_PRUNE, ROOT, report, run
 
-ROOT = Path(__file__).resolve().parent.parent
-FAST_PRUNE = ["prune.nonsense_control=false", "prune.attribution_baseline=false", "prune.random_draws=0",
-              "prune.random_model_control=false"]
+from extract.circuits.stage import summarise
 
 
 def run_seed(seed: int, out: Path) -> dict:
     models = "[dense, sparse]" if seed == 0 else "[sparse]"
-    cmd = [sys.executable, str(ROOT / "extract" / "run.py"), f"train.seed={seed}", f"output_dir={out}",
-           f"prune.models={models}", *FAST_PRUNE]
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    report = json.loads((out / "report.json").read_text())
-    report["bench_seconds"] = time.time() - start
-    return report
+    seconds = run(out, [f"train.seed={seed}", f"prune.models={models}", *FAST_PRUNE])
+    return {**report(out), "bench_seconds": seconds}
 
 
 def spread(values: list[float]) -> dict:
@@ -53,15 +44,15 @@ def main():
     reports = {seed: run_seed(seed, args.out / f"seed-{seed}") for seed in args.seeds}
     dense = {task: by_role["dense"] for task, by_role in reports[0]["tasks"].items()}
     rows = []
-    for seed, report in reports.items():
-        tasks = {task: {"dense": dense[task], "sparse": by_role["sparse"]} for task, by_role in report["tasks"].items()}
+    for seed, rep in reports.items():
+        tasks = {task: {"dense": dense[task], "sparse": by_role["sparse"]} for task, by_role in rep["tasks"].items()}
         summary = summarise(tasks)
-        sparse = report["sparse"]
+        sparse = rep["sparse"]
         rows.append({"seed": seed, "heldout_loss": sparse["heldout_loss"], "loss_ratio": sparse["loss_ratio"],
                      "quote_accuracy": sparse["quote_accuracy"], "solved": summary["solved"]["sparse"],
                      "tasks_compared": summary["tasks_compared"], "edge_ratio": summary["edge_ratio"],
                      "edges_geomean": [summary["edges_geomean_dense"], summary["edges_geomean_sparse"]],
-                     "seconds": report["bench_seconds"]})
+                     "seconds": rep["bench_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
     ratios = [r["edge_ratio"] for r in rows if r["edge_ratio"]]
     result = {"command": "python bench/bench_spread.py " + " ".join(sys.argv[1:]), "rows": rows,

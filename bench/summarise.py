@@ -86,12 +86,65 @@ def spread(r: dict) -> list[str]:
     return lines
 
 
+def frontier(r: dict) -> list[str]:
+    common = r["common"]["tasks"]
+    lines = [f"`{r['command']}` ({r['run_seconds'] / 60:.0f} min of runs"
+             + (f", {', '.join(r['reused'])} reused from an earlier run" if r["reused"] else "")
+             + f"; controls off; dense model: held-out {r['dense_heldout_loss']:.3f}, solves "
+             f"{', '.join(r['dense_solved'])}):", "",
+             "![held-out loss against circuit edges](results/frontier.png)", "",
+             "| target density | measured | embeddings | held-out loss | vs dense | KL to dense | quote accuracy "
+             "| tasks solved | edges (geomean, tasks both solve) | edge ratio | edges over "
+             + (", ".join(common) if common else "the common tasks (none)") + " |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        edges = f"{row['edges_geomean_sparse']:,.0f}" if row["edges_geomean_sparse"] else "-"
+        ratio = f"{row['edge_ratio']:.1f}x" if row["edge_ratio"] else "-"
+        common_edges = f"{row['common_edges_geomean']:,.0f}" if row["common_edges_geomean"] else "-"
+        lines.append(f"| {row['target_density']} | {row['density']:.4f} | {row['embedding_density']:.4f} | "
+                     f"{row['heldout_loss']:.3f} | {row['loss_ratio']:.3f}x | {row['kl_to_dense']:.3f} | "
+                     f"{row['quote_accuracy']:.1%} | {len(row['solved'])} ({', '.join(row['solved']) or '-'}) | "
+                     f"{edges} | {ratio} | {common_edges} |")
+    dense_common = r["common"]["edges_geomean_dense"]
+    lines.append(f"| dense | 1 | 1 | {r['dense_heldout_loss']:.3f} | 1x | 0 | | {len(r['dense_solved'])} | | | "
+                 + (f"{dense_common:,.0f}" if dense_common else "-") + " |")
+    return lines
+
+
+def compute(r: dict) -> list[str]:
+    lines = [f"`{r['command']}` ({sum(row['sparsify_seconds'] for row in r['rows']) / 60:.0f} min of sparsifying; "
+             f"density {r['density']:.4g}; dense held-out {r['dense_heldout_loss']:.3f}):", "",
+             "![loss ratio against fine-tuning tokens](results/compute.png)", "",
+             "| steps | tokens | minutes here | held-out loss | vs dense | KL to dense |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in r["rows"]:
+        mark = " (default)" if row["steps"] == r["default_steps"] else ""
+        lines.append(f"| {row['steps']}{mark} | {row['tokens'] / 1e6:.2f}M | {row['sparsify_seconds'] / 60:.1f} | "
+                     f"{row['heldout_loss']:.3f} | {row['loss_ratio']:.3f}x | {row['kl_to_dense']:.3f} |")
+    lines.append("")
+    for name, fit in r["fits"].items():
+        if fit is None:
+            lines.append(f"- {name} fit: did not converge.")
+            continue
+        params = ", ".join(f"{k} = {v:.4g}" for k, v in fit.items()
+                           if k not in ("formula", "rms_residual", "tokens_to_target"))
+        reach = (f"reaches {r['target_ratio']}x at {fit['tokens_to_target'] / 1e6:.1f}M tokens "
+                 f"({fit['tokens_to_target'] / r['default_tokens']:.1f}x the default's)"
+                 if fit["tokens_to_target"] else f"never reaches {r['target_ratio']}x")
+        lines.append(f"- `{fit['formula']}` ({params}; rms residual {fit['rms_residual']:.4f}): {reach}.")
+    return lines
+
+
 SECTIONS = [("Cost of the machinery", "machinery.json", "python bench/bench_machinery.py --json "
              "bench/results/machinery.json", machinery),
             ("Pruning budget", "prune_budget*.json", "python bench/bench_prune_budget.py --run outputs/tiny-python "
              "--json bench/results/prune_budget.json", prune_budget),
             ("Run-to-run spread of the default", "spread.json", "python bench/bench_spread.py --json "
              "bench/results/spread.json", spread),
+            ("The capability-interpretability frontier", "frontier.json", "python bench/bench_frontier.py "
+             "--json bench/results/frontier.json --plot bench/results/frontier.png", frontier),
+            ("Loss against fine-tuning compute", "compute.json", "python bench/bench_compute.py --json "
+             "bench/results/compute.json --plot bench/results/compute.png", compute),
             ("Scaling with width and depth", "scaling.json", "python bench/bench_scaling.py --json "
              "bench/results/scaling.json", scaling)]
 
