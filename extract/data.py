@@ -14,6 +14,7 @@ from pathlib import Path
 import datasets
 import torch
 
+from extract.errors import DataError
 from extract.paths import CORPUS_FILE
 
 EMBEDDED = "embedded"
@@ -49,7 +50,7 @@ def _load(spec: CorpusSpec, split: str):
     if path.exists():
         files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
         if not files:
-            raise FileNotFoundError(f"data.dataset: directory {path} holds no files")
+            raise DataError(f"data.dataset: directory {path} holds no files")
         builder = "json" if all(".json" in Path(f).name for f in files) else "text"
         return datasets.load_dataset(builder, data_files=files, split=split, streaming=spec.streaming)
     return datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=spec.streaming)
@@ -60,7 +61,7 @@ def load_text_splits(spec: CorpusSpec) -> dict:
     train = _load(spec, spec.train_split)
     columns = train.column_names
     if columns is not None and spec.text_column not in columns:
-        raise KeyError(f"data.text_column: column {spec.text_column!r} not in {spec.dataset} (has {columns})")
+        raise DataError(f"data.text_column: column {spec.text_column!r} not in {spec.dataset} (has {columns})")
     if spec.heldout_split is not None:
         return {"train": train, "heldout": _load(spec, spec.heldout_split)}
     key = spec.key_column or spec.text_column
@@ -78,7 +79,7 @@ def pack_blocks(texts, tokenizer, block_size: int, text_column: str = "text"):
     """
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError("the tokenizer has no eos_token; documents cannot be separated when packing")
+        raise DataError("the tokenizer has no eos_token; documents cannot be separated when packing")
 
     def tokenize_and_group(batch):
         ids: list[int] = []
@@ -109,5 +110,5 @@ def heldout_tensor(blocks, n_blocks: int) -> torch.Tensor:
         take = min(n_blocks, len(blocks))
         rows = blocks.select([i * len(blocks) // take for i in range(take)])["input_ids"] if take else []
     if len(rows) == 0:
-        raise ValueError("the held-out split produced no complete block; lower data.block_size or add text")
+        raise DataError("the held-out split produced no complete block; lower data.block_size or add text")
     return torch.tensor(rows, dtype=torch.long)

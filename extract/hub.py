@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from extract.errors import MissingFileError, UserError
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import HubConfig
 
@@ -25,7 +26,7 @@ RUN_FILES = ("recipe.yaml", "report.json", "report.md", "training.png", "train_l
 CARD_FILE = "README.md"
 
 
-class PushError(RuntimeError):
+class PushError(UserError, RuntimeError):
     """A push that could not finish; the message says which step failed and that a rerun completes it."""
 
 
@@ -55,14 +56,14 @@ class RunFiles:
         self.where, self.revision = str(repo_or_dir), revision
         self.local = Path(repo_or_dir).is_dir()
         if not self.local and not is_hub_id(self.where):
-            raise FileNotFoundError(f"{self.where}: neither a run's output folder nor a Hub repo id (namespace/name)")
+            raise MissingFileError(f"{self.where}: neither a run's output folder nor a Hub repo id (namespace/name)")
 
     def path(self, name: str) -> Path:
         """A local path to the run's file `name` (e.g. circuits/TASK.sparse.json); FileNotFoundError if absent."""
         found = Path(self.where) / name if self.local else hub_file(self.where, name, self.revision)
         if found is None or not found.is_file():
             where = self.where + (f"@{self.revision}" if self.revision else "")
-            raise FileNotFoundError(f"{where}: has no {name}")
+            raise MissingFileError(f"{where}: has no {name}")
         return found
 
     def model_source(self) -> str:

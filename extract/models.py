@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from extract.arch import ArchitectureError, family_of
+from extract.errors import UserError
 from extract.hub import hub_file, is_hub_id
 from extract.paths import DENSE_MODEL_DIR, TOKENIZER_DIR
 from extract.recipe import ModelConfig
@@ -21,7 +22,7 @@ from extract.recipe import ModelConfig
 DEFAULT_INIT_MODEL_TYPE = "gpt2"  # what `model.init_config` builds unless it names a model_type
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model or tokenizer named by a recipe could not be loaded."""
 
 

@@ -1,14 +1,20 @@
 """The output folder's own bookkeeping: the recipe saved beside every run, and the summary printed."""
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import time
 from pathlib import Path
 
 import yaml
 
 from extract import checkpoints
+from extract.errors import OutputDirError
 from extract.recipe import Recipe, RecipeError
 
 RECIPE_FILE = "recipe.yaml"
+LOCK_FILE = ".lock"
 # Keys that never change the trained model: which circuits are pruned (a different task list may
 # reuse an output_dir), where the directory is (a moved or copied run is still the same run), and
 # where it is published.
@@ -32,8 +38,8 @@ def recipe_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-def save_recipe(recipe: Recipe, out: Path) -> None:
-    """Save the resolved recipe; refuse to resume a run that was started with a different one."""
+def check_recipe(recipe: Recipe, out: Path) -> None:
+    """Refuse to resume a run that was started with a different recipe (RecipeError, naming the keys)."""
     path = Path(out) / RECIPE_FILE
     current = recipe.to_dict()
     if path.exists():
@@ -48,7 +54,41 @@ def save_recipe(recipe: Recipe, out: Path) -> None:
             raise RecipeError(
                 f"{path}: output_dir holds a run of a different recipe (differs in {', '.join(changed)}); "
                 "choose another output_dir or delete this one")
-    checkpoints.write_text_atomic(path, recipe_yaml(recipe))
+
+
+def save_recipe(recipe: Recipe, out: Path) -> None:
+    """Save the resolved recipe, which claims the folder for it. Called once the run's inputs have
+    loaded, so a run that fails on a typo (a model path, a dataset) leaves nothing that refuses the
+    corrected command."""
+    check_recipe(recipe, out)
+    checkpoints.write_text_atomic(Path(out) / RECIPE_FILE, recipe_yaml(recipe))
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """Hold an exclusive lock on the output folder while a run uses it, so that a second run on the
+    same folder is refused rather than interleaving its writes. The kernel drops the lock when the
+    process ends however it ends (kill -9 included), so a killed run never leaves it stuck."""
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise OutputDirError(f"{out}: output_dir is in use by another run ({holder}); wait for it to finish "
+                             "or choose another output_dir") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a waiting run)
 
 
 def summary_lines(report: dict) -> list[str]:

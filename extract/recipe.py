@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import yaml
 
+from extract.errors import UserError
 from extract.paths import RECIPES_DIR
 
 HUB_REPO_ID = r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}"  # what the Hub accepts as namespace/name
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot run, with the file and the key that is wrong."""
 
 

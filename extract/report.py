@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from extract import checkpoints
 from extract.arch import sparse_tensors
 from extract.card import model_card
-from extract.models import adapter_base, count_params, load_model, load_tokenizer
+from extract.models import ModelLoadError, adapter_base, count_params, load_model, load_tokenizer
 from extract.outputs import report_markdown
 from extract.paths import MODEL_DIRNAME
 from extract.plots import plot_training
@@ -37,7 +37,7 @@ def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[floa
         in_files += sum(int(torch.count_nonzero(w)) for w in load_file(shard).values())
     loaded = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     if loaded != in_files:
-        raise ValueError(f"{model_dir}: the loaded model has {loaded:,} nonzero parameters but its safetensors "
+        raise ModelLoadError(f"{model_dir}: the loaded model has {loaded:,} nonzero parameters but its safetensors "
                          f"files hold {in_files:,}; the files and the model's layout do not match")
     tensors = sparse_tensors(model, embeddings)
     density, _, _ = measured_density(tensors)

@@ -5,6 +5,7 @@ Also runs as `python extract/run.py ...`, `python -m extract.run ...` or the `ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -91,54 +92,65 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     if args.stage == "push":
-        from extract.hub import PushError
+        from extract.errors import UserError
+        from extract.outputs import output_lock
 
-        try:
-            _push(recipe)
-        except (PushError, RecipeError) as error:
+        out = Path(recipe.output_dir)
+        try:  # no lock on a folder without a report: the push refuses it and writes nothing there
+            with output_lock(out) if (out / "report.json").is_file() else contextlib.nullcontext():
+                _push(recipe)
+        except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
         return 0
 
-    from extract.arch import ArchitectureError
-    from extract.hub import PushError
-    from extract.models import ModelLoadError, check_family
-    from extract.outputs import save_recipe
-    from extract.report import write_report
-    from extract.tasks.jsonl import TaskFileError
-    from extract.train import NonFiniteLossError, make_accelerator, train
+    from extract.errors import UserError
+    from extract.models import check_family
+    from extract.outputs import output_lock
+    from extract.train import make_accelerator
 
     try:
         if args.stage in ("sparsify", "all"):
             check_family(recipe.model)  # an unsupported model fails before any work
         accelerator = make_accelerator(recipe)
-        if accelerator.is_main_process:
-            save_recipe(recipe, Path(recipe.output_dir))
-        accelerator.wait_for_everyone()
-        if args.stage in ("sparsify", "all"):
-            train(recipe, accelerator)
-        # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
-        if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
-            from extract.circuits.stage import prune_stage
-            from extract.report import refresh_report
-
-            prune_stage(recipe, accelerator.device)
-            if args.stage == "prune":
-                refresh_report(Path(recipe.output_dir), _display_path(recipe_path))
-                print(f"report: {Path(recipe.output_dir) / 'report.md'}")
-        if args.stage in ("report", "all") and accelerator.is_main_process:
-            report = write_report(recipe, _display_path(recipe_path), accelerator.device)
-            from extract.outputs import summary_lines
-
-            print("\n".join(summary_lines(report)))
-            print(f"report: {Path(recipe.output_dir) / 'report.json'}")
-        if pushes and accelerator.is_main_process:
-            _push(recipe)
-        accelerator.wait_for_everyone()
-    except (ArchitectureError, ModelLoadError, NonFiniteLossError, PushError, RecipeError, TaskFileError,
-            FileNotFoundError, KeyError, ValueError) as error:
+        out = Path(recipe.output_dir)
+        with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
+            return _run_stages(args, recipe, recipe_path, pushes, accelerator)
+    except UserError as error:  # anything else is a bug in this project: keep its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
+
+
+def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator) -> int:
+    """The stages in order, with the output folder locked by this run."""
+    from extract.outputs import check_recipe, save_recipe, summary_lines
+    from extract.report import write_report
+    from extract.train import train
+
+    out = Path(recipe.output_dir)
+    if accelerator.is_main_process:
+        check_recipe(recipe, out)  # a different run's folder is refused before anything loads
+        if args.stage not in ("sparsify", "all"):  # (training saves it once its inputs have loaded)
+            save_recipe(recipe, out)
+    accelerator.wait_for_everyone()
+    if args.stage in ("sparsify", "all"):
+        train(recipe, accelerator)
+    # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
+    if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
+        from extract.circuits.stage import prune_stage
+        from extract.report import refresh_report
+
+        prune_stage(recipe, accelerator.device)
+        if args.stage == "prune":
+            refresh_report(Path(recipe.output_dir), _display_path(recipe_path))
+            print(f"report: {Path(recipe.output_dir) / 'report.md'}")
+    if args.stage in ("report", "all") and accelerator.is_main_process:
+        report = write_report(recipe, _display_path(recipe_path), accelerator.device)
+        print("\n".join(summary_lines(report)))
+        print(f"report: {Path(recipe.output_dir) / 'report.json'}")
+    if pushes and accelerator.is_main_process:
+        _push(recipe)
+    accelerator.wait_for_everyone()
     return 0
 
 

@@ -25,11 +25,12 @@ from tqdm.auto import tqdm
 from extract import checkpoints
 from extract.arch import sparse_tensors
 from extract.data import CorpusSpec, heldout_tensor, load_text_splits, pack_blocks
+from extract.errors import UserError
 from extract.losses import token_losses
 from extract.models import load_model, load_tokenizer
-from extract.outputs import RECIPE_FILE, recipe_yaml
+from extract.outputs import RECIPE_FILE, recipe_yaml, save_recipe
 from extract.paths import MODEL_DIRNAME
-from extract.recipe import OptimConfig, Recipe
+from extract.recipe import OptimConfig, Recipe, RecipeError
 from extract.sparsity import (
     base_lr_factor,
     density_at,
@@ -47,7 +48,7 @@ TRAIN_LOG = "train_log.jsonl"
 EVAL_LOGITS_BUDGET = 2**25  # floats of held-out logits per batch (128 MB)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is left untouched."""
 
 
@@ -222,12 +223,30 @@ def _truncate_log(path: Path, last_step: int) -> None:
     checkpoints.write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def final_densities(model, recipe: Recipe) -> list[float]:
+    """Each sparsified tensor's final density, or a RecipeError naming the key when the embeddings'
+    share leaves the matrices nothing."""
+    s = recipe.sparsity
+    if not s.enabled:
+        return []
+    tensors = sparse_tensors(model, s.embeddings)
+    try:
+        return tensor_targets(tensors, s.target_density, s.embedding_density)
+    except ValueError as error:
+        embedding = sum(t.param.numel() for t in tensors if t.unit_axis is None)
+        most = s.target_density * sum(t.param.numel() for t in tensors) / embedding
+        raise RecipeError(f"sparsity.embedding_density: {error} ({recipe.model.name_or_path}); "
+                          f"it must be below {most:.5f}") from None
+
+
 def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     """Run (or resume) training; returns the directory of the saved final model."""
     out = Path(recipe.output_dir)
     final_dir = out / MODEL_DIRNAME
     if (final_dir / "config.json").is_file():
         accelerator.print(f"{final_dir} already holds the trained model; skipping training")
+        if accelerator.is_main_process:
+            save_recipe(recipe, out)  # the task and prune settings this run goes on with
         return final_dir
     session_start = time.time()  # wall time counts set-up (data, models, compilation) too
     ckpt_dir = out / CHECKPOINT_DIRNAME
@@ -240,6 +259,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
 
     tokenizer = load_tokenizer(recipe.model)
     model = load_model(recipe.model, vocab_size=len(tokenizer))
+    finals = final_densities(model, recipe)  # before the data: a budget error then costs seconds
     teacher = None
     if recipe.loss.kl_weight > 0:
         teacher = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
@@ -247,6 +267,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
             teacher = torch.compile(teacher)
     with accelerator.main_process_first():  # build the datasets cache once
         train_blocks, heldout, _ = prepare_data(recipe, tokenizer)
+    if accelerator.is_main_process:  # the inputs have loaded: now the run claims its output folder
+        save_recipe(recipe, out)
     train_blocks = train_blocks.with_format("torch")
     loader = DataLoader(train_blocks, batch_size=t.batch_size, shuffle=not recipe.data.streaming, drop_last=True,
                         collate_fn=lambda rows: torch.stack([r["input_ids"] for r in rows]))
@@ -262,7 +284,6 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     s = recipe.sparsity
     if targets:
         floor = density_floor(targets, s.min_per_unit)
-        finals = tensor_targets(targets, s.target_density, s.embedding_density)
         accelerator.print(f"sparsifying {len(targets)} tensors, {sum(x.param.numel() for x in targets):,} weights; "
                           f"target density {s.target_density:.5f}, per-unit minimum floor {floor:.5f}")
         if s.embedding_density is not None:

@@ -14,6 +14,7 @@ from extract.arch import ArchitectureError, family_of, node_sites, sparse_tensor
 from extract.circuits.edges import count_edges, list_edges
 from extract.circuits.masks import NodeMask
 from extract.circuits.sites import count_nodes, site_means
+from extract.models import ModelLoadError
 from extract.sparsity import kept_count, project_
 from tests.conftest import fit_two_way_task, quote_lines, run_cli
 from tests.families import D_MLP, D_MODEL, FAMILIES, HEAD_DIM, HEADS, LAYERS, nodes_per_layer, tiny_model
@@ -308,7 +309,7 @@ def test_saved_density_reads_every_sparsified_tensor_as_saved(variant, tmp_path)
     assert nonzero == sum(int(torch.count_nonzero(p)) for p in model.parameters())
     with torch.no_grad():  # the model no longer holds what the files do
         loaded.get_output_embeddings().weight.zero_()
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ModelLoadError, match="do not match"):
         saved_density(tmp_path, loaded)
 
 

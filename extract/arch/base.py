@@ -12,13 +12,15 @@ from typing import Literal
 
 import torch
 
+from extract.errors import UserError
+
 SITE_NAMES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp", "mlp_out")
 # Sites on the residual stream. Every edge matrix joins one of these to a unit site (q, k, v, mlp):
 # that unit side is the one the per-unit minimum of the projection counts along.
 RESIDUAL_SITES = frozenset({"attn_in", "attn_out", "mlp_in", "mlp_out"})
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(UserError, ValueError):
     """A model whose layout no family describes."""
 
 

@@ -25,6 +25,7 @@ from extract.circuits.files import circuit_file, gates_from_record, read_circuit
 from extract.circuits.masks import NodeMask
 from extract.circuits.prune import scores_with_gates
 from extract.circuits.sites import node_sites
+from extract.errors import UserError
 from extract.hub import RunFiles, is_hub_id
 from extract.models import load_model, load_tokenizer
 from extract.paths import CIRCUITS_DIRNAME
@@ -32,7 +33,7 @@ from extract.recipe import ModelConfig
 from extract.tasks.examples import TaskExample
 
 
-class CircuitLoadError(RuntimeError):
+class CircuitLoadError(UserError, RuntimeError):
     """A circuit that cannot be loaded: missing, from an older format, or on weights that differ."""
 
 

@@ -20,13 +20,14 @@ from extract import checkpoints
 from extract.circuits.files import FORMAT_VERSION, circuit_file, circuit_record, write_circuit
 from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
 from extract.circuits.sites import node_sites, site_means
+from extract.errors import MissingFileError
 from extract.models import load_model, load_tokenizer
 from extract.outputs import penalties_tried, retry_note
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
-from extract.recipe import ModelConfig, Recipe, TaskFileRef
+from extract.recipe import ModelConfig, Recipe, RecipeError, TaskFileRef
 from extract.tasks.builtin import builtin_task
 from extract.tasks.examples import SPLITS, split_of
-from extract.tasks.jsonl import load_task_file
+from extract.tasks.jsonl import TaskFileError, load_task_file
 from extract.train import prepare_heldout
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,14 @@ def load_task(task: str | TaskFileRef, tokenizer, max_context: int, recipe: Reci
 
         validation, test = split("validation", p.validation_pairs), split("test", p.test_pairs)
         if not validation or not test:
-            raise ValueError(f"task {task}: no examples fit the model's context of {max_context} tokens")
+            raise TaskFileError(f"task {task}: no examples fit the model's context of {max_context} tokens")
         # thousands of prompts: built only for a task that gets pruned
         return TaskData(task, lambda: split("train", p.train_pairs), validation, test)
     examples = load_task_file(task.file, tokenizer, max_context)
     by_split = {name: [e for e in examples if split_of(repr(e.prompt_ids)) == name] for name in SPLITS}
     empty = [name for name, part in by_split.items() if not part]
     if empty:
-        raise ValueError(f"{task.file}: the hash split left no {' or '.join(empty)} examples; add more examples")
+        raise TaskFileError(f"{task.file}: the hash split left no {' or '.join(empty)} examples; add more examples")
     return TaskData(task_name(task), by_split["train"], by_split["validation"], by_split["test"])
 
 
@@ -107,7 +108,7 @@ def models_to_prune(recipe: Recipe) -> list[PrunedModel]:
         elif entry == "sparse":
             path = str(Path(recipe.output_dir) / MODEL_DIRNAME)
             if not Path(path).is_dir():
-                raise FileNotFoundError(f"{path}: no sparse model yet; run the sparsify stage first "
+                raise MissingFileError(f"{path}: no sparse model yet; run the sparsify stage first "
                                         "(or set prune.models to name the models to prune)")
             cfg = ModelConfig(name_or_path=path)
         else:
@@ -208,7 +209,7 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
     from extract.plots import plot_loss_vs_edges
 
     if not recipe.tasks:
-        raise ValueError("the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
+        raise RecipeError("tasks: the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
     out = Path(recipe.output_dir) / CIRCUITS_DIRNAME
     cfg = recipe.prune
     models = models_to_prune(recipe)

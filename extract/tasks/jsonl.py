@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from extract.errors import UserError
 from extract.tasks.examples import TaskExample, first_token_id, splits_at_prompt_end
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ FIELDS = ("prompt", "target", "alternative")
 MIN_EXAMPLES = 20
 
 
-class TaskFileError(ValueError):
+class TaskFileError(UserError, ValueError):
     """A task file that cannot be used, with the file and line."""
 
 
