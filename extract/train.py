@@ -48,6 +48,10 @@ TRAIN_LOG = "train_log.jsonl"
 EVAL_LOGITS_BUDGET = 2**25  # floats of held-out logits per batch (128 MB)
 
 
+class CheckpointError(UserError, RuntimeError):
+    """Every checkpoint of a run to resume is unreadable; they have been set aside."""
+
+
 class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is left untouched."""
 
@@ -223,6 +227,33 @@ def _truncate_log(path: Path, last_step: int) -> None:
     checkpoints.write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path) -> tuple[Path | None, TrainState]:
+    """Load the newest checkpoint that loads. One that does not (a file cut short or corrupted on disk)
+    is set aside as `.broken-step-N`, with a warning, and the one before it is tried; when none is left
+    the run stops and says so, since a half-loaded checkpoint may have overwritten the model."""
+    broken = []
+    while (ckpt := checkpoints.latest_checkpoint(ckpt_dir)) is not None:
+        try:
+            state = TrainState.load(ckpt / "trainer_state.json")
+            accelerator.load_state(str(ckpt))
+            return ckpt, state
+        # what a damaged file raises depends on which file and how (safetensors, the restricted
+        # unpickler, json, the OS); any of them means this checkpoint cannot be trusted
+        except Exception as error:  # noqa: BLE001
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                shutil.rmtree(ckpt.parent / f".broken-{ckpt.name}", ignore_errors=True)  # from an earlier rerun
+                os.replace(ckpt, ckpt.parent / f".broken-{ckpt.name}")
+            accelerator.wait_for_everyone()
+            broken.append(ckpt.name)
+            accelerator.print(f"warning: {ckpt} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
+                              f"set aside as {ckpt.parent / ('.broken-' + ckpt.name)}")
+    if broken:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint loads ({', '.join(broken)} set aside as .broken-*); "
+                              "rerun the same command to start this run's training over")
+    return None, TrainState()
+
+
 def final_densities(model, recipe: Recipe) -> list[float]:
     """Each sparsified tensor's final density, or a RecipeError naming the key when the embeddings'
     share leaves the matrices nothing."""
@@ -290,11 +321,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
             accelerator.print(f"embeddings at {s.embedding_density:.5f}, matrices at "
                               f"{next(f for x, f in zip(targets, finals) if x.unit_axis is not None):.5f}")
 
-    state = TrainState()
-    resume_from = checkpoints.latest_checkpoint(ckpt_dir)
+    resume_from, state = _load_newest_good_checkpoint(accelerator, ckpt_dir)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = TrainState.load(resume_from / "trainer_state.json")
         accelerator.print(f"resuming from {resume_from} (step {state.step}/{t.steps})")
         if accelerator.is_main_process:
             _truncate_log(log_path, state.step)

@@ -73,3 +73,52 @@ def test_a_bug_keeps_its_traceback(write_recipe, monkeypatch):
     monkeypatch.setattr(train, "train", broken)
     with pytest.raises(KeyError, match="llama"):
         run.main(["--recipe", str(write_recipe()), "--stage", "sparsify"])
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "optimizer not a pickle", "trainer state not JSON"])
+def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(write_recipe, tmp_path, damage):
+    import shutil
+
+    import torch
+
+    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4})  # keeps step-4 and step-8
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    out = tmp_path / "out"
+    reference = _weights(out / "model")
+    shutil.rmtree(out / "model")  # as if killed after the step-8 checkpoint
+    newest = out / "checkpoints" / "step-8"
+    if damage == "truncate weights":
+        path = newest / "model.safetensors"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "optimizer not a pickle":
+        (newest / "optimizer.bin").write_bytes(b"\x00" * 64)
+    else:
+        (newest / "trainer_state.json").write_text('{"step": 8, "tok')
+    proc = run_cli("--recipe", recipe, "--stage", "sparsify")
+    assert "cannot be loaded" in proc.stdout and "resuming from" in proc.stdout and "step-4" in proc.stdout
+    assert (out / "checkpoints" / ".broken-step-8").is_dir()  # kept for a look, never loaded again
+    resumed = _weights(out / "model")
+    for name in reference:  # steps 5-12 trained again from step 4 give the same weights
+        torch.testing.assert_close(resumed[name], reference[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_no_loadable_checkpoint_stops_with_what_to_do(write_recipe, tmp_path):
+    import shutil
+
+    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4})
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    out = tmp_path / "out"
+    shutil.rmtree(out / "model")
+    for step in (4, 8):
+        (out / "checkpoints" / f"step-{step}" / "trainer_state.json").write_text("not json")
+    proc = run_cli("--recipe", recipe, "--stage", "sparsify", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "no checkpoint loads" in proc.stderr and "rerun the same command" in proc.stderr
+    run_cli("--recipe", recipe, "--stage", "sparsify")  # and the rerun trains from the start
+    assert (out / "model" / "model.safetensors").is_file()
