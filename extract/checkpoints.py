@@ -27,6 +27,17 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: Path, fix: str):
+    """A JSON output file, or an OutputDirError naming it and saying how to remake it (`fix`) when it
+    is not JSON: cut short by a full disk or an editor, since this project writes atomically."""
+    from extract.errors import OutputDirError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OutputDirError(f"{path}: not valid JSON ({error}); {fix}") from None
+
+
 @contextmanager
 def atomic_directory(final: Path):
     """Yield a scratch directory; on success it replaces `final` in one rename."""

@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from extract.checkpoints import read_json
 from extract.errors import MissingFileError, UserError
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import HubConfig
@@ -79,7 +80,7 @@ def finished_report(out: Path) -> dict:
     path = Path(out) / "report.json"
     if not path.is_file():
         raise PushError(f"{out}: no report.json; only a finished run can be pushed (run the report stage first)")
-    return json.loads(path.read_text())
+    return read_json(path, "delete it and rerun the command with --stage report before pushing")
 
 
 def files_to_push(out: Path) -> dict[str, Path]:

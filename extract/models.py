@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from extract.arch import ArchitectureError, family_of
@@ -120,6 +121,9 @@ def _from_pretrained(source: str, cfg: ModelConfig, revision: str | None):
     except (OSError, ValueError) as error:
         reason = _why_missing(source, "safetensors model")
         raise ModelLoadError(f"model.name_or_path: cannot load the model: {reason}\n  ({error})") from None
+    except SafetensorError as error:  # a weights file cut short or corrupted on disk
+        raise ModelLoadError(f"{source}: a safetensors file is damaged ({error}); if this is a run's model folder, "
+                             "delete it and rerun the command: training resumes from the newest checkpoint") from None
 
 
 def load_model(cfg: ModelConfig, vocab_size: int | None = None):

@@ -5,7 +5,6 @@ in float32, so anyone can rerun `--stage report` and get the same report.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -65,7 +64,8 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
     if recipe.eval.quote_examples:
         quotes = closing_quote_examples(heldout_texts[recipe.data.text_column], tokenizer, recipe.eval.quote_examples)
     trained = load_model(ModelConfig(name_or_path=str(model_dir))).to(device)
-    state = json.loads((model_dir / "trainer_state.json").read_text())
+    state = checkpoints.read_json(model_dir / "trainer_state.json", f"delete {model_dir} and rerun the command: "
+                                  "training resumes from the newest checkpoint")
     report = {"recipe": recipe_file, "quote_examples": len(quotes)}
     teacher = None
     if recipe.model.init_config is None:
@@ -93,7 +93,8 @@ def merge_circuits(report: dict, out: Path) -> dict:
     report.json and report.md."""
     circuits = out / "circuits" / "circuits.json"
     if circuits.exists():
-        found = json.loads(circuits.read_text())
+        found = checkpoints.read_json(circuits, "rerun the command with --stage prune: finished circuits are "
+                                      "reused, not pruned again")
         report.update(target_loss=found["target_loss"], splits=found.get("splits"), tasks=found["tasks"],
                       summary=found["summary"])
     checkpoints.write_json_atomic(out / "report.json", report)
@@ -104,5 +105,6 @@ def merge_circuits(report: dict, out: Path) -> dict:
 def refresh_report(out: Path, recipe_file: str) -> dict:
     """After pruning alone: update report.json with the circuits (starting one if there is none)."""
     path = out / "report.json"
-    report = json.loads(path.read_text()) if path.exists() else {"recipe": recipe_file}
+    report = (checkpoints.read_json(path, "delete it and rerun the command with --stage report") if path.exists()
+              else {"recipe": recipe_file})
     return merge_circuits(report, out)

@@ -1,4 +1,5 @@
 """A failed or concurrent run never spoils an output folder, and only a user's error loses its traceback."""
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,83 @@ def test_no_loadable_checkpoint_stops_with_what_to_do(write_recipe, tmp_path):
     assert "no checkpoint loads" in proc.stderr and "rerun the same command" in proc.stderr
     run_cli("--recipe", recipe, "--stage", "sparsify")  # and the rerun trains from the start
     assert (out / "model" / "model.safetensors").is_file()
+
+
+PRUNE = ["prune.steps=40", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8", "prune.random_draws=0",
+         "prune.nonsense_control=false", "prune.attribution_baseline=false", "prune.k_coef_fallbacks=[]",
+         "prune.random_model_control=false"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(quote_model, tiny_corpus, tmp_path_factory):
+    """(recipe, output folder) of a finished tiny run with a circuit per model; tests damage copies."""
+    import yaml
+    from conftest import tiny_recipe_dict
+
+    model_dir, task_file = quote_model
+    root = tmp_path_factory.mktemp("finished")
+    data = tiny_recipe_dict(model_dir, tiny_corpus, root / "out")
+    data.update(tasks=[{"file": str(task_file)}])
+    data["sparsity"].update(target_density=0.5)
+    data["loss"] = {"ce_weight": 0.0, "kl_weight": 1.0}
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    run_cli("--recipe", recipe, *PRUNE)
+    return recipe, root / "out"
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    recipe, out = finished_run
+    shutil.copytree(out, tmp_path / "out")
+    return recipe, tmp_path / "out", [f"output_dir={tmp_path / 'out'}", *PRUNE]
+
+
+def _cut_short(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_damaged_mean_cache_is_estimated_again(finished_run, tmp_path):
+    recipe, out, args = _copy_run(finished_run, tmp_path)
+    before = {p.name: p.read_text() for p in (out / "circuits").glob("*.json")}
+    for means in (out / "circuits" / "means").glob("*.safetensors"):
+        _cut_short(means)
+    proc = run_cli("--recipe", recipe, "--stage", "prune", *args)
+    assert "estimating the means again" in proc.stderr and "done in an earlier run" in proc.stderr
+    after = {p.name: p.read_text() for p in (out / "circuits").glob("*.json")}
+    assert {k: v for k, v in after.items() if k != "circuits.json"} == \
+        {k: v for k, v in before.items() if k != "circuits.json"}  # the same means: the same circuits, reused
+
+
+def test_a_damaged_circuit_file_is_pruned_again(finished_run, tmp_path):
+    recipe, out, args = _copy_run(finished_run, tmp_path)
+    path = out / "circuits" / "quotes.sparse.json"
+    whole = json.loads(path.read_text())
+    _cut_short(path)
+    proc = run_cli("--recipe", recipe, "--stage", "prune", *args)
+    assert "is damaged; pruning quotes (sparse) again" in proc.stderr
+    again = json.loads(path.read_text())
+    assert again["nodes"] == whole["nodes"] and again["edges"] == whole["edges"]
+
+
+@pytest.mark.parametrize("name, stage, fix", [
+    ("report.json", "push", "--stage report"),
+    ("circuits/circuits.json", "report", "--stage prune"),
+    ("model/trainer_state.json", "report", "training resumes"),
+])
+def test_an_output_that_is_not_json_is_named_with_the_fix(finished_run, tmp_path, name, stage, fix):
+    recipe, out, args = _copy_run(finished_run, tmp_path)
+    (out / name).write_text('{"tasks": {"quo')
+    extra = ["hub.repo_id=you/x"] if stage == "push" else []
+    proc = run_cli("--recipe", recipe, "--stage", stage, *args, *extra, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{out / name}: not valid JSON" in proc.stderr and fix in proc.stderr
+
+
+def test_a_damaged_model_file_is_named(finished_run, tmp_path):
+    recipe, out, args = _copy_run(finished_run, tmp_path)
+    _cut_short(out / "model" / "model.safetensors")
+    proc = run_cli("--recipe", recipe, "--stage", "report", *args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "safetensors file is damaged" in proc.stderr and str(out / "model") in proc.stderr

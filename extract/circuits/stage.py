@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -91,7 +92,10 @@ def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path, fingerprin
     """Mean activation per node on held-out pretraining text, cached in `cache_dir`."""
     path = cache_dir / means_file(fingerprint or weights_fingerprint(model), blocks)
     if path.exists():
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as error:  # damaged on disk: the means are cheap to estimate again
+            log.warning("%s cannot be read (%s); estimating the means again", path, error)
     means = site_means(model, sites, blocks)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -139,6 +143,17 @@ def result_key(recipe: Recipe, fingerprint: str, means: dict[str, torch.Tensor],
     for split in (data.validation, data.test):
         digest.update(repr([(e.prompt_ids, e.target_id, e.alternative_id) for e in split]).encode())
     return digest.hexdigest()[:16]
+
+
+def _circuit_file_reads(path: Path, result: dict) -> bool:
+    """Whether a finished (task, model)'s circuit file, if it has one, is still whole."""
+    if "mask_kept_nodes" not in result:  # skipped as unsolved: no file
+        return True
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def load_result(path: Path, key: str) -> dict | None:
@@ -243,6 +258,10 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
         result_path = out / RESULTS_DIRNAME / circuit_file(data.name, entry.role)
         key = result_key(recipe, fingerprint, means, data)
         saved = load_result(result_path, key)
+        if saved is not None and not _circuit_file_reads(out / circuit_file(data.name, entry.role), saved["result"]):
+            log.warning("%s is damaged; pruning %s (%s) again", out / circuit_file(data.name, entry.role),
+                        data.name, entry.role)
+            saved = None
         if saved is not None:  # a rerun after an interruption: this one is done
             tasks.setdefault(data.name, {})[entry.role] = saved["result"]
             curves.setdefault(data.name, {})[entry.role] = saved["curve"]
