@@ -254,6 +254,19 @@ def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path) -> tu
     return None, TrainState()
 
 
+def step_schedule(recipe: Recipe, step: int, sparsifying: bool = True) -> tuple[float, float]:
+    """(learning rate, density after the projection) of the step from `step` to `step + 1`: warm-up
+    then linear decay, times the sharkfin factor while the density anneals (METHOD.md section 2)."""
+    s, steps = recipe.sparsity, recipe.train.steps
+    density = 1.0
+    if sparsifying:
+        density = density_at((step + 1) / steps, s.target_density, s.anneal_fraction, s.anneal_shape)
+    lr = recipe.optim.lr * base_lr_factor(step / steps, recipe.optim.warmup_fraction)
+    if sparsifying and s.sharkfin:
+        lr *= sharkfin_factor(density, s.target_density, s.sharkfin_power)
+    return lr, density
+
+
 def final_densities(model, recipe: Recipe) -> list[float]:
     """Each sparsified tensor's final density, or a RecipeError naming the key when the embeddings'
     share leaves the matrices nothing."""
@@ -345,11 +358,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
 
     while state.step < t.steps:
-        progress = (state.step + 1) / t.steps
-        density = density_at(progress, s.target_density, s.anneal_fraction, s.anneal_shape) if targets else 1.0
-        lr = recipe.optim.lr * base_lr_factor(state.step / t.steps, recipe.optim.warmup_fraction)
-        if targets and s.sharkfin:
-            lr *= sharkfin_factor(density, s.target_density, s.sharkfin_power)
+        lr, density = step_schedule(recipe, state.step, sparsifying=bool(targets))
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -373,6 +382,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
 
         apply_gradients(optimizer, params, recipe.optim, accelerator.scaler)
         if targets:
+            progress = (state.step + 1) / t.steps
             project_(targets, scheduled_densities(finals, progress, s.anneal_fraction, s.anneal_shape),
                      s.min_per_unit)
         state.step += 1

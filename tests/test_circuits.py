@@ -1,5 +1,6 @@
 """Circuit groundwork on a tiny real GPT-2: hooks, masks, mean ablation, surrogate gradient, edges."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -329,3 +330,35 @@ def test_logit_calibration_fits_scale_and_shift():
     fitted = fit_calibration(logits, examples)
     assert fitted.shift[6] - fitted.shift[5] > 1.0
     assert calibrated_loss(fitted, logits, examples) < 0.1
+
+
+def test_surrogate_gradient_follows_the_temperature(model, blocks):
+    tau = torch.tensor([-0.5, 0.0, 0.1, 0.7], requires_grad=True)
+    heaviside_ste(tau, temperature=0.25).sum().backward()
+    sig = torch.sigmoid(tau.detach() / 0.25)
+    torch.testing.assert_close(tau.grad, sig * (1 - sig) / 0.25)
+    sites = node_sites(model)
+    mask = NodeMask(sites, site_means(model, sites, blocks), temperature=0.25)
+    mask.kept().backward()
+    first = mask.tau(sites[0]).detach()
+    sig = torch.sigmoid(first / 0.25)
+    torch.testing.assert_close(mask.tau(sites[0]).grad, sig * (1 - sig) / 0.25)
+
+
+@pytest.mark.parametrize("ablated_loss, necessary", [(math.log(2) / 2 + 1e-3, True), (math.log(2) / 2 - 1e-3, False)])
+def test_necessity_is_half_of_ln2_with_the_circuit_ablated(model, blocks, monkeypatch, ablated_loss, necessary):
+    """METHOD.md: a circuit is necessary when mean-ablating it alone leaves test loss >= ln(2) / 2."""
+    from extract.circuits import checks
+
+    sites = node_sites(model)
+    mask = NodeMask(sites, site_means(model, sites, blocks))
+    gates = {s.key: torch.ones(s.width) for s in sites}
+
+    def scores(model, mask, gates, examples):  # the circuit's loss 0.1; everything but it, ablated_loss
+        return {"loss": 0.1 if all(bool(g.all()) for g in gates.values()) else ablated_loss, "loss_se": 0.0,
+                "accuracy": 1.0}
+
+    monkeypatch.setattr(checks, "scores_with_gates", scores)
+    monkeypatch.setattr(checks, "count_edges", lambda model, gates: 0)
+    result = checks.check_circuit(model, mask, gates, [], target=0.15, random_draws=0)
+    assert result["sufficient"] and result["necessary"] is necessary

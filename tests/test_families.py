@@ -328,3 +328,32 @@ def test_init_config_builds_any_family_and_names_an_unknown_one():
         load_model(ModelConfig(init_config={"model_type": "no_such_family"}), vocab_size=50)
     with pytest.raises(ModelLoadError, match=r"model.init_config: model_type 'opt' has no architecture mapping"):
         load_model(ModelConfig(init_config={"model_type": "opt"}), vocab_size=50)
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_mlp_neurons_are_what_the_output_projection_reads(variant, blocks):
+    """The `mlp` site sits after the activation (and Llama's gate product): the MLP's residual write
+    is exactly its output projection applied to the site. A site moved before the activation fails."""
+    from extract.arch import family_of
+    from extract.circuits.sites import hooked
+
+    model = tiny_model(variant)
+    sites = [s for s in node_sites(model) if s.name in ("mlp", "mlp_out")]
+    seen = {}
+
+    def record(site, x):
+        seen[site.key] = x.detach().clone()
+        return x
+
+    with torch.no_grad(), hooked(model, sites, record):
+        model(blocks)
+    projections = [m for m in family_of(model).edge_matrices(model) if m.inputs[0].endswith(".mlp")]
+    assert len(projections) == LAYERS
+    for matrix in projections:
+        weight = model.get_parameter(matrix.weight)
+        module = model.get_submodule(matrix.weight.rsplit(".", 1)[0])
+        neurons = seen[matrix.inputs[0]]
+        written = neurons @ (weight if matrix.stored == "in_out" else weight.T)
+        if getattr(module, "bias", None) is not None:
+            written = written + module.bias
+        torch.testing.assert_close(written, seen[matrix.outputs[0]], rtol=1e-4, atol=1e-5, msg=matrix.weight)

@@ -60,6 +60,14 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
     assert log[-1]["density"] == pytest.approx(0.125)
+    # the loop ran the schedule: each logged step's learning rate and density are step_schedule's
+    from extract.recipe import load_recipe
+    from extract.train import step_schedule
+
+    loaded = load_recipe(str(recipe))[0]
+    for row in log:
+        lr, density = step_schedule(loaded, row["step"] - 1)
+        assert row["lr"] == pytest.approx(lr, rel=1e-6) and row["density"] == pytest.approx(density, rel=1e-6), row
 
     # runs compare on one picture; a directory without a training log is named
     compare = [sys.executable, str(ROOT / "scripts" / "compare_runs.py")]
@@ -371,3 +379,37 @@ def test_gradient_checkpointing_trains_the_same_weights(write_recipe, tmp_path, 
         assert not AutoModelForCausalLM.from_pretrained(out / "model").is_activation_checkpointing  # saved plain
     for name, tensor in weights[False].items():
         torch.testing.assert_close(weights[True][name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+def test_step_schedule_has_warmup_decay_and_the_sharkfin_factor():
+    from extract.recipe import load_recipe
+    from extract.train import step_schedule
+
+    recipe = load_recipe("tiny-python", ["train.steps=1000", "optim.warmup_fraction=0.01", "optim.lr=0.1",
+                                         "sparsity.anneal_shape=linear", "sparsity.target_density=0.0625",
+                                         "sparsity.sharkfin_power=0.5"])[0]
+    lr, density = step_schedule(recipe, 249)  # a quarter through: half-way down a linear anneal over 50%
+    assert density == pytest.approx(1 - 0.5 * (1 - 0.0625))
+    decay = (1 - 249 / 1000) / 0.99
+    assert lr == pytest.approx(0.1 * decay * (0.0625 / density) ** 0.5)  # sharkfin: small while dense
+    lr, density = step_schedule(recipe, 599)  # past the anneal: factor 1
+    assert density == pytest.approx(0.0625) and lr == pytest.approx(0.1 * (1 - 599 / 1000) / 0.99)
+    assert step_schedule(recipe, 4)[0] == pytest.approx(0.1 * 4 / 10 * (0.0625 / step_schedule(recipe, 4)[1]) ** 0.5)
+    off = load_recipe("tiny-python", ["train.steps=1000", "optim.warmup_fraction=0.01", "optim.lr=0.1",
+                                      "sparsity.sharkfin=false"])[0]
+    assert step_schedule(off, 249)[0] == pytest.approx(0.1 * decay)
+
+
+def test_apply_gradients_rescales_to_unit_rms_before_the_step():
+    from extract.recipe import OptimConfig
+    from extract.train import apply_gradients
+
+    weight = torch.nn.Parameter(torch.zeros(4, 5))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    weight.grad = torch.full((4, 5), 5.0)
+    apply_gradients(optimizer, [weight], OptimConfig(grad_rescale_rms=True, clip_grad_norm=None))
+    torch.testing.assert_close(weight.detach(), torch.full((4, 5), -1.0))  # moved by grad / RMS, not grad
+    assert weight.grad is None
+    weight.grad = torch.full((4, 5), 5.0)
+    apply_gradients(optimizer, [weight], OptimConfig(grad_rescale_rms=False, clip_grad_norm=None))
+    torch.testing.assert_close(weight.detach(), torch.full((4, 5), -6.0))
