@@ -51,8 +51,16 @@ def _load(spec: CorpusSpec, split: str):
         files = sorted(str(p) for p in path.rglob("*") if p.is_file()) if path.is_dir() else [str(path)]
         if not files:
             raise DataError(f"data.dataset: directory {path} holds no files")
+        if all(Path(f).stat().st_size == 0 for f in files):
+            raise DataError(f"data.dataset: {path} is empty")
         builder = "json" if all(".json" in Path(f).name for f in files) else "text"
-        return datasets.load_dataset(builder, data_files=files, split=split, streaming=spec.streaming)
+        try:
+            return datasets.load_dataset(builder, data_files=files, split=split, streaming=spec.streaming)
+        # the user's own files: whatever datasets raises on them (a JSON syntax error, a column that
+        # changes type) is theirs to fix, so it is named rather than shown as a traceback
+        except Exception as error:  # noqa: BLE001
+            raise DataError(f"data.dataset: cannot read {path} as {builder}: {type(error).__name__}: "
+                            f"{str(error)[:500]}") from None
     return datasets.load_dataset(spec.dataset, spec.config, split=split, streaming=spec.streaming)
 
 

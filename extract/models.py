@@ -52,6 +52,10 @@ def load_tokenizer(cfg: ModelConfig):
     for i, (name, revision) in enumerate(sources):
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=cfg.trust_remote_code)
+            if not tokenizer("def f(x): return x", add_special_tokens=False)["input_ids"]:
+                # transformers 5 builds an empty tokenizer from a config alone rather than failing
+                raise OSError(f"{name} has no tokenizer files (the tokenizer built from its config has "
+                              f"{len(tokenizer)} token(s))")
             break
         except (OSError, ValueError) as error:
             if i == len(sources) - 1:

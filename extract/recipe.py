@@ -288,7 +288,8 @@ def validate(recipe: Recipe) -> None:
     _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
     _check(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", "must be in [0, 1)", o.warmup_fraction)
     _check(o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0", o.clip_grad_norm)
-    _check(lo.ce_weight >= 0 and lo.kl_weight >= 0, "loss", "weights must be >= 0", (lo.ce_weight, lo.kl_weight))
+    _check(lo.ce_weight >= 0, "loss.ce_weight", "must be >= 0", lo.ce_weight)
+    _check(lo.kl_weight >= 0, "loss.kl_weight", "must be >= 0", lo.kl_weight)
     _check(lo.ce_weight + lo.kl_weight > 0, "loss", "at least one weight must be > 0", (lo.ce_weight, lo.kl_weight))
     for key in ("steps", "batch_size", "gradient_accumulation_steps", "eval_every", "checkpoint_every", "log_every"):
         _check(getattr(t, key) > 0, f"train.{key}", "must be a positive integer", getattr(t, key))
@@ -301,8 +302,9 @@ def validate(recipe: Recipe) -> None:
     for key in ("steps", "batch_size", "train_pairs", "validation_pairs", "test_pairs", "mean_blocks",
                 "local_tokens"):
         _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
-    _check(p.lr > 0 and p.k_coef >= 0 and p.weight_decay >= 0, "prune", "lr must be > 0, k_coef and "
-           "weight_decay >= 0", (p.lr, p.k_coef, p.weight_decay))
+    _check(p.lr > 0 and math.isfinite(p.lr), "prune.lr", "must be a positive number", p.lr)
+    _check(p.k_coef >= 0, "prune.k_coef", "must be >= 0", p.k_coef)
+    _check(p.weight_decay >= 0, "prune.weight_decay", "must be >= 0", p.weight_decay)
     _check(p.random_draws >= 0, "prune.random_draws", "must be >= 0", p.random_draws)
     _check(p.validation_margin_se >= 0 and math.isfinite(p.validation_margin_se), "prune.validation_margin_se",
            "must be a number >= 0", p.validation_margin_se)

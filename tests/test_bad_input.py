@@ -1,0 +1,156 @@
+"""The bad-input catalogue: every wrong input stops with one line naming the file, the key or the line.
+
+Recipe errors are checked in-process (they need no model); the rest run the command line as a user
+would, and none may print a traceback. Task-file errors are in test_task_files.py, a NaN loss in
+test_train.py, an unsupported family in test_families.py.
+"""
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from extract.recipe import Recipe, RecipeError, load_recipe
+
+
+def _leaves(cls, prefix=""):
+    """(dotted key, annotation) of every field of the recipe, nested sections walked."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from _leaves(tp, key + ".")
+        else:
+            yield key, tp
+
+
+def _wrong_value(tp):
+    """A value of the wrong type for `tp`: a list where a mapping goes, a mapping anywhere else."""
+    origin = typing.get_origin(tp)
+    options = typing.get_args(tp) if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else (tp,)
+    if any(typing.get_origin(o) is dict for o in options):
+        return [1, 2]
+    return {"oops": 1}
+
+
+FIELDS = [(key, tp) for key, tp in _leaves(Recipe) if tp is not typing.Any]
+
+
+@pytest.mark.parametrize("key, tp", FIELDS, ids=[key for key, _ in FIELDS])
+def test_every_field_of_the_wrong_type_is_named(tmp_path, key, tp):
+    *sections, leaf = key.split(".")
+    data = value = {leaf: _wrong_value(tp)}
+    for section in reversed(sections):
+        data = {section: data}
+    path = tmp_path / "bad.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError) as error:
+        load_recipe(str(path))
+    assert str(path) in str(error.value) and f"{key}:" in str(error.value), (value, str(error.value))
+
+
+IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps this list complete
+    "sparsity.target_density": 0, "sparsity.embedding_density": 1.5, "sparsity.min_per_unit": -1,
+    "sparsity.anneal_fraction": 1.5, "sparsity.sharkfin_power": -0.5, "optim.lr": 0, "optim.betas": [1.0, 0.9],
+    "optim.eps": 0, "optim.weight_decay": -1, "optim.warmup_fraction": 1.0, "optim.clip_grad_norm": 0,
+    "loss.ce_weight": -1, "loss.kl_weight": -1, "train.steps": 0, "train.batch_size": 0,
+    "train.gradient_accumulation_steps": 0, "train.eval_every": 0, "train.checkpoint_every": 0,
+    "train.log_every": -1, "data.block_size": 1, "data.heldout_blocks": 0, "data.heldout_fraction": 1.0,
+    "eval.quote_examples": -1, "prune.target_loss": 0.7, "prune.steps": 0, "prune.batch_size": 0,
+    "prune.train_pairs": 0, "prune.validation_pairs": 0, "prune.test_pairs": 0, "prune.mean_blocks": 0,
+    "prune.local_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.weight_decay": -1,
+    "prune.random_draws": -1, "prune.validation_margin_se": -1, "prune.k_coef_fallbacks": [-1],
+    "hub.repo_id": "no-namespace",
+}
+
+
+@pytest.mark.parametrize("key", IMPOSSIBLE)
+def test_every_impossible_value_is_named(key):
+    value = IMPOSSIBLE[key]
+    import json
+
+    with pytest.raises(RecipeError, match=re.escape(f"{key}:")):
+        load_recipe("tiny-python", [f"{key}={json.dumps(value)}"])
+
+
+def test_the_catalogue_covers_every_check():
+    """Each key recipe.validate checks has a case above (a new check without one fails here)."""
+    import inspect
+
+    from extract import recipe
+
+    source = inspect.getsource(recipe.validate)
+    checked = set(re.findall(r'"((?:sparsity|optim|loss|train|data|eval|prune|hub)\.[a-z_]+)"', source))
+    checked |= {f"train.{k}" for k in ("steps", "batch_size", "gradient_accumulation_steps", "eval_every",
+                                        "checkpoint_every", "log_every")}
+    checked |= {f"prune.{k}" for k in ("steps", "batch_size", "train_pairs", "validation_pairs", "test_pairs",
+                                        "mean_blocks", "local_tokens")}
+    assert checked <= set(IMPOSSIBLE), sorted(checked - set(IMPOSSIBLE))
+
+
+def test_both_loss_weights_zero_and_a_teacherless_kl_are_refused():
+    with pytest.raises(RecipeError, match="at least one weight must be > 0"):
+        load_recipe("tiny-python", ["loss.ce_weight=0", "loss.kl_weight=0"])
+    with pytest.raises(RecipeError, match="loss.kl_weight: a model trained from model.init_config has no dense"):
+        load_recipe("tiny-python", ["model.init_config={n_layer: 1}", "loss.kl_weight=1"])
+
+
+def _refused(proc, *needles):
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr[-2000:])
+
+
+def test_a_model_directory_without_weights_is_named(write_recipe, tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "weightless"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    proc = run_cli("--recipe", write_recipe(model={"name_or_path": str(folder)}), "--stage", "sparsify", check=False)
+    _refused(proc, "model.name_or_path", "weightless", "safetensors")
+
+
+def test_a_model_without_a_tokenizer_is_named(write_recipe, tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_dir / name, folder)
+    proc = run_cli("--recipe", write_recipe(model={"name_or_path": str(folder)}), "--stage", "sparsify", check=False)
+    _refused(proc, "model.name_or_path", "tokenizer", "no-tokenizer")
+
+
+@pytest.mark.parametrize("corpus, message", [("empty folder", "holds no files"), ("empty file", "is empty"),
+                                             ("not JSON", "cannot read"), ("too short", "held-out split produced no")])
+def test_an_empty_or_unreadable_corpus_is_named(write_recipe, tmp_path, corpus, message):
+    where = tmp_path / "corpus.jsonl"
+    if corpus == "empty folder":
+        where = tmp_path / "corpus"
+        where.mkdir()
+    else:
+        where.write_text({"empty file": "", "not JSON": '{"path": "a.py", "text": "x = 1"\n',
+                          "too short": '{"path": "a.py", "text": "x = 1"}\n'}[corpus])
+    proc = run_cli("--recipe", write_recipe(data={"dataset": str(where)}), "--stage", "sparsify", check=False)
+    _refused(proc, message)
+    assert "data." in proc.stderr  # the key to look at
+
+
+def test_an_unknown_task_name_on_the_command_line_is_named(tmp_path):
+    proc = run_cli("--stage", "prune", "--task", "quote_closing", f"output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2
+    _refused(proc, "tasks[0]: unknown built-in task", "single_double_quote")
+
+
+def test_a_malformed_recipe_file_is_named_on_the_command_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  steps: [1, 2\n")
+    proc = run_cli("--recipe", path, check=False)
+    assert proc.returncode == 2
+    _refused(proc, str(path), "not valid YAML")
+    assert not Path(tmp_path / "out").exists()
