@@ -135,6 +135,21 @@ def compute(r: dict) -> list[str]:
     return lines
 
 
+def determinism(r: dict) -> list[str]:
+    lines = [f"`{r['command']}` ({r['wall_seconds'] / 60:.0f} min; two fresh runs of `--stage sparsify "
+             f"train.steps={r['steps']}` in each mode):", "",
+             "| mode | files identical | largest weight difference | sparsity pattern differs at | first logged step "
+             "whose KL differs | held-out losses | tokens/s |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for mode in ("compiled", "eager"):
+        m = r[mode]
+        lines.append(f"| {mode} | {'yes' if m['identical_files'] else 'no'} | {m['max_weight_difference']:.3g} | "
+                     f"{m['sparsity_pattern_differences']:,} of {m['total_weights']:,} | "
+                     f"{m['first_logged_step_whose_kl_differs'] or '-'} | "
+                     f"{m['heldout_loss'][0]:.5f}, {m['heldout_loss'][1]:.5f} | {m['median_tokens_per_second']:,.0f} |")
+    lines += ["", f"Eager runs at {r['eager_speed_vs_compiled']:.2f}x the compiled speed."]
+    return lines
+
+
 SECTIONS = [("Cost of the machinery", "machinery.json", "python bench/bench_machinery.py --json "
              "bench/results/machinery.json", machinery),
             ("Pruning budget", "prune_budget*.json", "python bench/bench_prune_budget.py --run outputs/tiny-python "
@@ -145,6 +160,8 @@ SECTIONS = [("Cost of the machinery", "machinery.json", "python bench/bench_mach
              "--json bench/results/frontier.json --plot bench/results/frontier.png", frontier),
             ("Loss against fine-tuning compute", "compute.json", "python bench/bench_compute.py --json "
              "bench/results/compute.json --plot bench/results/compute.png", compute),
+            ("Reproducibility: compiled and eager", "determinism.json", "python bench/bench_determinism.py --json "
+             "bench/results/determinism.json", determinism),
             ("Scaling with width and depth", "scaling.json", "python bench/bench_scaling.py --json "
              "bench/results/scaling.json", scaling)]
 
