@@ -5,6 +5,7 @@ in float32, so anyone can rerun `--stage report` and get the same report.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -22,6 +23,8 @@ from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
 from extract.train import TRAIN_LOG, heldout_metrics, prepare_heldout
+
+log = logging.getLogger(__name__)
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:
@@ -56,6 +59,7 @@ def model_section(model, heldout, quotes, teacher=None) -> dict:
 
 def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -> dict:
     """Score the dense and the saved sparse model on `device` and write the report from the outputs."""
+    log.info("scoring both models for the report")
     out = Path(recipe.output_dir)
     model_dir = out / MODEL_DIRNAME
     tokenizer = load_tokenizer(ModelConfig(name_or_path=str(model_dir)))

@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "extract" / "run.py"
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
+def make_tiny_model(path: Path) -> Path:
     """2 layers, width 32, 4 heads of 8: small enough for many optimizer steps per second."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -32,23 +31,31 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
-    path = tmp_path_factory.mktemp("tiny-gpt2")
     GPT2LMHeadModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_corpus(tmp_path_factory) -> Path:
+def make_tiny_corpus(path: Path) -> Path:
     """80 real Python files from the shipped snapshot, cut to 3000 characters each."""
     from extract.paths import CORPUS_FILE
 
-    path = tmp_path_factory.mktemp("corpus") / "code.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with lzma.open(CORPUS_FILE, "rt", encoding="utf-8") as source, open(path, "w") as sink:
         for _, line in zip(range(80), source):
             row = json.loads(line)
             sink.write(json.dumps({"path": row["path"], "text": row["text"][:3000]}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    return make_tiny_corpus(tmp_path_factory.mktemp("corpus") / "code.jsonl")
 
 
 def tiny_recipe_dict(model_dir: Path, corpus: Path, output_dir: Path) -> dict:
@@ -133,6 +140,10 @@ def fit_two_way_task(model, examples, steps: int = 80, lr: float = 1e-2) -> floa
 
 @pytest.fixture(scope="session")
 def quote_model(tmp_path_factory):
+    return make_quote_model(tmp_path_factory.mktemp("quote-model"))
+
+
+def make_quote_model(root: Path) -> tuple[Path, Path]:
     """(model dir, task file): a 2-layer GPT-2 with the shipped tokenizer, trained on the task's
     two-way loss until it closes quotes, and the task file it is pruned on."""
     import torch
@@ -141,7 +152,7 @@ def quote_model(tmp_path_factory):
     from extract.paths import TOKENIZER_DIR
     from extract.tasks.jsonl import load_task_file
 
-    root = tmp_path_factory.mktemp("quote-model")
+    root.mkdir(parents=True, exist_ok=True)
     task_file = root / "quotes.jsonl"
     task_file.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)

@@ -96,6 +96,7 @@ def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path, fingerprin
             return load_file(path)
         except SafetensorError as error:  # damaged on disk: the means are cheap to estimate again
             log.warning("%s cannot be read (%s); estimating the means again", path, error)
+    log.info("estimating mean activations on %d held-out blocks", len(blocks))
     means = site_means(model, sites, blocks)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
