@@ -34,7 +34,7 @@ from tests.hub_server import serve_in_thread  # noqa: E402
 
 # stage: (the output that says it has begun, the output that says the next one has)
 STAGES = {
-    "sparsify": ("sparsify:", "saved "),
+    "sparsify": ("dense held-out loss", "saved "),  # printed just before the first step
     "means": ("estimating mean activations", "prune quotes"),
     "masks": ("prune quotes", "scoring both models"),
     "report": ("scoring both models", "pushing "),
@@ -174,13 +174,16 @@ def _strip(data):
     return data
 
 
-def run_harness(work: Path, model_dir: Path, corpus: Path, task_file: Path, points: int, seed: int = 0) -> dict:
+def run_harness(work: Path, model_dir: Path, corpus: Path, task_file: Path, points: int, seed: int = 0,
+                stages: list[str] | None = None) -> dict:
     harness = Harness(work, model_dir, corpus, task_file)
     try:
         spans = harness.reference()
         rng = random.Random(seed)
         results = []
         for stage, span in spans.items():
+            if stages and stage not in stages:
+                continue
             for point in range(points):
                 result = harness.killed_then_rerun(f"{stage}-{point}", stage, rng.uniform(0.0, span))
                 print(json.dumps(result), flush=True)
@@ -194,6 +197,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=3, help="kill points per stage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), help="only these stages (default: all)")
     parser.add_argument("--work", type=Path, help="a scratch folder (default: a new temporary one)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -203,7 +207,8 @@ def main():
 
     work = args.work or Path(tempfile.mkdtemp(prefix="faults-"))
     model_dir, task_file = make_quote_model(work / "quote-model")
-    result = run_harness(work, model_dir, make_tiny_corpus(work / "corpus.jsonl"), task_file, args.points, args.seed)
+    result = run_harness(work, model_dir, make_tiny_corpus(work / "corpus.jsonl"), task_file, args.points, args.seed,
+                         args.stages)
     failed = [r for r in result["results"] if r["differences"] or not r["killed"]]
     print(f"{len(result['results'])} kill points, {len(failed)} with a difference or no kill")
     if args.json:
