@@ -22,7 +22,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
+from default_runs import machine  # noqa: E402
 
 from extract.arch import sparse_tensors  # noqa: E402
 from extract.circuits.find import TaskData, find_circuit  # noqa: E402
@@ -192,10 +192,7 @@ def main():
         print(json.dumps(memory_run(args.variant, args.memory_steps, not args.eager)))
         return
     started = time.time()
-    result = {"command": "python bench/bench_machinery.py " + " ".join(sys.argv[1:]),
-              "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "processor": platform.processor()},
-              "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    result = {"command": "python bench/bench_machinery.py " + " ".join(sys.argv[1:]), **machine()}
     result.update(timing(args))
     for variant in ("full", "plain"):
         cmd = [sys.executable, __file__, "--variant", variant, "--memory-steps", str(args.memory_steps)]

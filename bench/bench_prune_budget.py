@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
+from default_runs import machine  # noqa: E402
 
 from extract.circuits.find import find_circuit, geometric_mean  # noqa: E402
 from extract.circuits.sites import node_sites  # noqa: E402
@@ -76,10 +75,7 @@ def main():
                                "edge_ratio": edges["dense"] / edges["sparse"] if all(edges.values()) else None}
     result = {"command": "python bench/bench_prune_budget.py " + " ".join(sys.argv[1:]), "run": str(run),
               "recipe": report.get("recipe"), "tasks": tasks, "rows": rows, "by_steps": summary,
-              "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "processor": platform.processor()},
-              "versions": {"torch": torch.__version__, "python": platform.python_version()},
-              "wall_seconds": time.time() - started}
+              **machine(), "wall_seconds": time.time() - started}
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
