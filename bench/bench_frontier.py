@@ -28,6 +28,7 @@ from pathlib import Path
 
 from default_runs import FAST_PRUNE, ROOT, machine, report, run
 
+from extract.circuits.find import geometric_mean
 from extract.circuits.stage import summarise
 from extract.recipe import load_recipe
 from extract.sparsity import density_floor
@@ -96,9 +97,12 @@ def plot(result: dict, path: Path) -> None:
     ax.plot([p[1] for p in points], [p[2] for p in points], "o-", color="tab:blue", label="sparse models")
     for name, edges, loss in points:
         ax.annotate(name, (edges, loss), textcoords="offset points", xytext=(6, 4), fontsize=9)
-    dense_edges = result["common"]["edges_geomean_dense"] if common else None
+    # with no task common to every model, the dense point is the geometric mean over its own circuits
+    own = [e for e in result["dense_edges"].values() if e]
+    dense_edges = result["common"]["edges_geomean_dense"] if common else geometric_mean(own) if own else None
     if dense_edges:
-        ax.plot([dense_edges], [result["dense_heldout_loss"]], "s", color="black", label="dense model")
+        ax.plot([dense_edges], [result["dense_heldout_loss"]], "s", color="black",
+                label="dense model" + ("" if common else f" ({len(own)} circuits)"))
     ax.set_xscale("log")
     ax.set_xlabel("circuit edges at the target loss (geometric mean, test split)")
     ax.set_ylabel("held-out loss (nats/token)")
