@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from default_runs import ROOT, default_steps, final_eval, machine, run
+from default_runs import ROOT, default_steps, final_eval, finish, machine, run, save_figure
 
 TARGET_RATIO = 1.25
 
@@ -93,10 +93,7 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main():
@@ -142,11 +139,7 @@ def main():
               "dense_heldout_loss": dense, "target_ratio": TARGET_RATIO,
               "fits": {"saturating": fit_saturating(tokens, loss, dense), "power": fit_power(tokens, loss / dense)},
               "rows": rows}
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.plot:
-        plot(result, args.plot)
+    finish(result, args.json, plot, args.plot)
 
 
 if __name__ == "__main__":

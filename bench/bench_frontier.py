@@ -26,7 +26,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from default_runs import FAST_PRUNE, ROOT, machine, report, run
+from default_runs import FAST_PRUNE, ROOT, finish, machine, report, run, save_figure
 
 from extract.circuits.find import geometric_mean
 from extract.circuits.stage import summarise
@@ -111,10 +111,7 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main():
@@ -174,11 +171,7 @@ def main():
               "common": {"tasks": common,
                          "edges_geomean_dense": common_dense["edges_geomean_dense"] if common_dense else None},
               "rows": rows}
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.plot:
-        plot(result, args.plot)
+    finish(result, args.json, plot, args.plot)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,27 @@ def final_eval(out: Path) -> dict:
     return {**last, "dense_heldout_loss": state["dense_heldout_loss"], "wall_seconds": state["wall_seconds"]}
 
 
+def finish(result: dict, json_path: Path | None, plot=None, plot_path: Path | None = None) -> None:
+    """Print a result's summary (all but its rows), write its JSON and draw its plot, each atomically."""
+    from extract.checkpoints import write_json_atomic
+
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
+    if json_path:
+        write_json_atomic(json_path, result)
+    if plot_path and plot:
+        plot(result, plot_path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Save a matplotlib figure under a temporary name and rename it into place."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def default_steps() -> int:
     from extract.recipe import load_recipe
 
