@@ -78,8 +78,8 @@ def row(density: Fraction, rep: dict, dense_tasks: dict) -> dict:
             "kl_to_dense": sparse["kl_to_dense"], "quote_accuracy": sparse["quote_accuracy"],
             "solved": summary["solved"]["sparse"], "tasks_compared": summary["tasks_compared"],
             "edges": {name: tasks[name]["sparse"]["circuit"]["edges"] for name in summary["tasks_compared"]},
-            "edges_geomean_dense": summary["edges_geomean_dense"],
-            "edges_geomean_sparse": summary["edges_geomean_sparse"], "edge_ratio": summary["edge_ratio"],
+            "edges_geomean_dense": summary["edges_geomean"][0],
+            "edges_geomean_sparse": summary["edges_geomean"][1], "edge_ratio": summary["edge_ratio"],
             "seconds": rep["bench_seconds"]}
 
 
@@ -155,7 +155,7 @@ def main():
     for r in rows:
         summary = summarise({name: {"dense": dense_tasks[name], "sparse": reports[Fraction(r["target_density"])]
                                     ["tasks"][name]["sparse"]} for name in common}) if common else None
-        r["common_edges_geomean"] = summary["edges_geomean_sparse"] if summary else None
+        r["common_edges_geomean"] = summary["edges_geomean"][1] if summary else None
         r["common_edge_ratio"] = summary["edge_ratio"] if summary else None
         print(json.dumps(r), flush=True)
     dense_rep = reports[default_density]["dense"]
@@ -169,7 +169,7 @@ def main():
               "dense_solved": sorted(n for n, t in dense_tasks.items() if t.get("solved")),
               "dense_edges": {n: t["circuit"]["edges"] for n, t in dense_tasks.items() if (t.get("circuit") or {})},
               "common": {"tasks": common,
-                         "edges_geomean_dense": common_dense["edges_geomean_dense"] if common_dense else None},
+                         "edges_geomean_dense": common_dense["edges_geomean"][0] if common_dense else None},
               "rows": rows}
     finish(result, args.json, plot, args.plot)
 

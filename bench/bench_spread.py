@@ -51,7 +51,7 @@ def main():
         rows.append({"seed": seed, "heldout_loss": sparse["heldout_loss"], "loss_ratio": sparse["loss_ratio"],
                      "quote_accuracy": sparse["quote_accuracy"], "solved": summary["solved"]["sparse"],
                      "tasks_compared": summary["tasks_compared"], "edge_ratio": summary["edge_ratio"],
-                     "edges_geomean": [summary["edges_geomean_dense"], summary["edges_geomean_sparse"]],
+                     "edges_geomean": summary["edges_geomean"],
                      "seconds": rep["bench_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
     ratios = [r["edge_ratio"] for r in rows if r["edge_ratio"]]

@@ -23,7 +23,7 @@ from extract.recipe import HubConfig
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("recipe.yaml", "report.json", "report.md", "training.png", "train_log.jsonl")
+RUN_FILES = ("recipe.yaml", "report.json", "report.md", "report.html", "training.png", "train_log.jsonl")
 CARD_FILE = "README.md"
 
 

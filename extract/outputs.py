@@ -161,14 +161,22 @@ def _control_cells(entry: dict) -> list[str]:
     return [randoms, nonsense, attribution]
 
 
+def compared_edges(summary: dict) -> list[tuple[str, float | None]]:
+    """(model, geometric-mean edges) of the two models a summary compares. Reports written before any two
+    models could be compared name them edges_geomean_dense and edges_geomean_sparse."""
+    if "compared" in summary:
+        return list(zip(summary["compared"], summary["edges_geomean"]))
+    return [(role, summary.get(f"edges_geomean_{role}")) for role in ("dense", "sparse")]
+
+
 def ratio_line(summary: dict, which: str) -> str:
     """`which` names the tasks compared, e.g. "tasks both models solve"."""
     if not summary.get("edge_ratio"):
         return f"No edge ratio over the {which}: there are none."
     names = summary["tasks_compared"]
+    (first, a), (second, b) = compared_edges(summary)
     return (f"Over the {which} ({len(names)}: {', '.join(names)}): geometric-mean circuit edges "
-            f"{summary['edges_geomean_dense']:,.0f} dense vs {summary['edges_geomean_sparse']:,.0f} sparse, "
-            f"a ratio of **{summary['edge_ratio']:.1f}x**.")
+            f"{a:,.0f} {first} vs {b:,.0f} {second}, a ratio of **{summary['edge_ratio']:.1f}x**.")
 
 
 FLAGS = {"not_sufficient_on_test": "Circuits chosen on validation that miss the target on test",
@@ -233,7 +241,8 @@ def report_markdown(report: dict) -> str:
         for key, label in FLAGS.items():
             if summary.get(key):
                 lines += ["", f"{label}: {', '.join(summary[key])}."]
-        lines += ["", "Pictures: `circuits/loss_vs_edges.png` (task loss against circuit edges) and "
-                      "`circuits/TASK.sparse.png` (each sparse circuit). Circuit files: `circuits/TASK.MODEL.json`.",
+        lines += ["", "Explore every circuit and what each node does in `report.html`. Pictures: "
+                      "`circuits/loss_vs_edges.png` (task loss against circuit edges) and `circuits/TASK.sparse.png` "
+                      "(each sparse circuit). Circuit files: `circuits/TASK.MODEL.json`.",
                   ""]
     return "\n".join(lines)

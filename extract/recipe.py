@@ -59,7 +59,7 @@ class SparsityConfig:
     target_density: float = 1 / 32
     min_per_unit: int = 4  # the paper's j: nonzeros kept per neuron / q,k,v channel / value channel
     anneal_fraction: float = 0.5
-    anneal_shape: Literal["linear", "log", "cubic"] = "cubic"  # measured best on the shipped model (README)
+    anneal_shape: Literal["linear", "log", "cubic"] = "cubic"  # measured best on the shipped model (docs/results.md)
     sharkfin: bool = True  # lr *= (target_density / current_density) ** sharkfin_power
     # The paper's 0.5 (a square root). Larger keeps the lr lower while the model is still dense,
     # where a fine-tuned checkpoint has nothing to relearn.

@@ -19,6 +19,7 @@ from extract.outputs import report_markdown
 from extract.paths import MODEL_DIRNAME
 from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
+from extract.report_html import write_html_report
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
@@ -86,15 +87,15 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
             section["loss_ratio"] = section["heldout_loss"] / report["dense"]["heldout_loss"]
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
+    plot_training(out / TRAIN_LOG, out / "training.png")  # before report.html, which inlines it
     report = merge_circuits(report, out)
     checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe, recipe.hub.repo_id))
-    plot_training(out / TRAIN_LOG, out / "training.png")
     return report
 
 
 def merge_circuits(report: dict, out: Path) -> dict:
     """Fold the prune stage's results (circuits/circuits.json) into the report, and write
-    report.json and report.md."""
+    report.json, report.md and report.html."""
     circuits = out / "circuits" / "circuits.json"
     if circuits.exists():
         found = checkpoints.read_json(circuits, "rerun the command with --stage prune: finished circuits are "
@@ -103,6 +104,7 @@ def merge_circuits(report: dict, out: Path) -> dict:
                       summary=found["summary"])
     checkpoints.write_json_atomic(out / "report.json", report)
     checkpoints.write_text_atomic(out / "report.md", report_markdown(report))
+    write_html_report(out, report)
     return report
 
 

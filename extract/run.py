@@ -22,14 +22,15 @@ STAGES = ("sparsify", "prune", "report", "push", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    installed = Path(sys.argv[0]).name in ("sparse-circuit-extract", "extract")
     parser = argparse.ArgumentParser(
-        prog="extract/run.py",
+        prog=Path(sys.argv[0]).name if installed else "extract/run.py",
         description="Fine-tune a dense causal LM into a weight-sparse one, prune task circuits out of both "
                     "models, check them, and report.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             f"recipes in recipes/: {', '.join(available_recipes())}\n\n"
-            "examples:\n"
+            "examples (from a checkout; installed from a wheel, `sparse-circuit-extract` takes the same arguments):\n"
             "  accelerate launch extract/run.py                        # embedded default, offline\n"
             "  accelerate launch extract/run.py --recipe gpt2-small\n"
             "  python extract/run.py train.steps=50 output_dir=/tmp/x  # override any field by dotted path\n"
@@ -138,16 +139,19 @@ def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator) -> i
     # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
     if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
         from extract.circuits.stage import prune_stage
+        from extract.outputs import ratio_line
         from extract.report import refresh_report
 
-        prune_stage(recipe, accelerator.device)
+        pruned = prune_stage(recipe, accelerator.device)
         if args.stage == "prune":
             refresh_report(Path(recipe.output_dir), _display_path(recipe_path))
-            print(f"report: {Path(recipe.output_dir) / 'report.md'}")
+            if len(pruned["summary"]["compared"]) == 2:
+                print(ratio_line(pruned["summary"], "tasks both models solve").replace("**", ""))
+            print(f"report: {Path(recipe.output_dir) / 'report.md'} (and report.html, to explore the circuits)")
     if args.stage in ("report", "all") and accelerator.is_main_process:
         report = write_report(recipe, _display_path(recipe_path), accelerator.device)
         print("\n".join(summary_lines(report)))
-        print(f"report: {Path(recipe.output_dir) / 'report.json'}")
+        print(f"report: {Path(recipe.output_dir) / 'report.json'} (and report.md; report.html to explore the circuits)")
     if pushes and accelerator.is_main_process:
         _push(recipe)
     accelerator.wait_for_everyone()

@@ -143,9 +143,10 @@ def quote_model(tmp_path_factory):
     return make_quote_model(tmp_path_factory.mktemp("quote-model"))
 
 
-def make_quote_model(root: Path) -> tuple[Path, Path]:
+def make_quote_model(root: Path, seed: int = 0) -> tuple[Path, Path]:
     """(model dir, task file): a 2-layer GPT-2 with the shipped tokenizer, trained on the task's
-    two-way loss until it closes quotes, and the task file it is pruned on."""
+    two-way loss until it closes quotes, and the task file it is pruned on. `seed` draws the initial
+    weights (the task file is the same for every seed)."""
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -157,7 +158,7 @@ def make_quote_model(root: Path) -> tuple[Path, Path]:
     task_file.write_text("\n".join(quote_lines(300, seed=0)) + "\n")
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     examples = load_task_file(task_file, tokenizer, max_context=64)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_positions=64,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)

@@ -44,7 +44,8 @@ PRUNE = ["prune.steps=15", "prune.batch_size=16", "prune.lr=0.05", "prune.mean_b
          "prune.nonsense_control=false", "prune.attribution_baseline=false", "prune.k_coef_fallbacks=[]",
          "prune.random_model_control=false"]
 TOKEN = "hf_faultHarnessTokenNeverPrinted000000"
-TIMING_KEYS = ("seconds", "wall", "tokens_per_s", "path", "recipe")  # what may differ between two identical runs
+# what may differ between two identical runs (each run has its own recipe file and folder)
+TIMING_KEYS = ("seconds", "wall", "tokens_per_s", "path", "recipe", "title")
 
 
 @dataclass
@@ -142,6 +143,8 @@ class Harness:
         for file in ("report.json", "model/trainer_state.json"):
             if _strip(json.loads((a / file).read_text())) != _strip(json.loads((b / file).read_text())):
                 problems.append(file)
+        if _strip(_page_data(a / "report.html")) != _strip(_page_data(b / "report.html")):  # it names the recipe
+            problems.append("report.html")
         logs = [[_strip(json.loads(line)) for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (a, b)]
         if logs[0] != logs[1]:
             problems.append("train_log.jsonl")
@@ -156,13 +159,20 @@ class Harness:
         data = json.loads((self.work / "hub" / "repos" / f"{repo}.json").read_text())
         files = data["commits"][data["refs"]["main"]]["files"]
         return {path: json.dumps(meta, sort_keys=True) for path, meta in files.items()
-                if path not in ("README.md", "report.json", "report.md", "recipe.yaml", "circuits/circuits.json",
-                                "train_log.jsonl", "trainer_state.json")
+                if path not in ("README.md", "report.json", "report.md", "report.html", "recipe.yaml",
+                                "circuits/circuits.json", "train_log.jsonl", "trainer_state.json")
                 and not (path.startswith("circuits/") and path.endswith(".json"))}
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _page_data(path: Path) -> dict:
+    """The data report.html draws, as inlined in the page."""
+    page = path.read_text()
+    start = page.index('id="report-data">') + len('id="report-data">')
+    return json.loads(page[start:page.index("</script>", start)])
 
 
 def _strip(data):

@@ -96,8 +96,8 @@ def test_a_finished_run_pushes_and_loads_back_by_repo_id(hub, pushed, tmp_path):
     circuits = report["tasks"]["quotes"]
     assert circuits["sparse"]["circuit"] and circuits["dense"]["circuit"], "both models should keep the task"
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
-                "recipe.yaml", "report.json", "report.md", "circuits/circuits.json", "circuits/quotes.dense.json",
-                "circuits/quotes.sparse.json", "circuits/loss_vs_edges.png"}
+                "recipe.yaml", "report.json", "report.md", "report.html", "circuits/circuits.json",
+                "circuits/quotes.dense.json", "circuits/quotes.sparse.json", "circuits/loss_vs_edges.png"}
     assert expected <= set(files)
     assert not any(p.startswith(("checkpoints/", "circuits/results/")) for p in files)  # local resume state only
     means = {json.loads((out / "circuits" / f"quotes.{m}.json").read_text())["means_file"] for m in ("dense", "sparse")}

@@ -19,13 +19,18 @@ def _axis_kept(matrix_keys: tuple[str, ...], nodes: tuple[int, ...] | None, kept
     return flags if nodes is None else flags[torch.tensor(nodes, device=device)]
 
 
+def in_out_weight(matrix: EdgeMatrix, params: dict[str, torch.nn.Parameter]) -> torch.Tensor:
+    """An edge matrix's weight as (input nodes, output nodes), whichever way its module stores it."""
+    weight = params[matrix.weight].detach()
+    return weight if matrix.stored == "in_out" else weight.t()
+
+
 def _live_edges(model, kept: dict[str, torch.Tensor]):
     """(matrix, weight as (in, out), live) per edge matrix, where `live` marks the nonzero weights
     whose two end nodes are both kept: the one rule both count_edges and list_edges apply."""
     params = dict(model.named_parameters())
     for matrix in family_of(model).edge_matrices(model):
-        weight = params[matrix.weight].detach()
-        weight = weight if matrix.stored == "in_out" else weight.t()
+        weight = in_out_weight(matrix, params)
         rows = _axis_kept(matrix.inputs, matrix.input_nodes, kept, weight.device)
         cols = _axis_kept(matrix.outputs, matrix.output_nodes, kept, weight.device)
         yield matrix, weight, (weight != 0) & rows[:, None] & cols[None, :]

@@ -18,6 +18,8 @@ from extract.tasks.examples import TaskExample
 # 5: the size margin covers the test sample's noise too (validation_bound); 6: the weights' fingerprint, the
 # means file and the test examples, so that a published circuit re-checks on its own (extract.load_circuit)
 FORMAT_VERSION = 6
+# A circuit file may also carry "descriptions" (extract/circuits/describe.py): what each node does. They do not
+# change any result, so a version-6 file without them gets them on the next prune run, without pruning again.
 
 
 def circuit_file(task: str, role: str, suffix: str = ".json") -> str:

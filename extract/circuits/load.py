@@ -59,6 +59,12 @@ class Circuit:
         """Every edge among the kept nodes: {"from": [site, index], "to": [site, index], "weight": w}."""
         return self.record["edges"] or []
 
+    @property
+    def descriptions(self) -> dict[str, dict]:
+        """What each node does, by node id ("1.attn_out:40"): its top contexts, what it separates, the
+        tokens it pushes, where its head looks, and a one-line summary (extract/circuits/describe.py)."""
+        return self.record.get("descriptions") or {}
+
     def gates(self) -> dict[str, torch.Tensor]:
         return gates_from_record(self.record, {site.key: site.width for site in self.mask.sites})
 

@@ -56,9 +56,13 @@ class NodeMask(torch.nn.Module):
             return self.override[site.key]
         return heaviside_ste(self.tau(site), self.temperature)
 
+    def mean_of(self, site: Site) -> torch.Tensor:
+        """The value a removed node of `site` is held at."""
+        return getattr(self, f"mean_{site.key.replace('.', '_')}")
+
     def edit(self, site: Site, x: torch.Tensor) -> torch.Tensor:
         gate = self.gate(site).to(x.dtype)
-        mean = getattr(self, f"mean_{site.key.replace('.', '_')}").to(x.dtype)
+        mean = self.mean_of(site).to(x.dtype)
         return x * gate + mean * (1 - gate)
 
     def kept(self) -> torch.Tensor:

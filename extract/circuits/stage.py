@@ -18,8 +18,17 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import checkpoints
-from extract.circuits.files import FORMAT_VERSION, circuit_file, circuit_record, write_circuit
+from extract.circuits.describe import describe_circuit
+from extract.circuits.files import (
+    FORMAT_VERSION,
+    circuit_file,
+    circuit_record,
+    gates_from_record,
+    read_circuit,
+    write_circuit,
+)
 from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
+from extract.circuits.masks import NodeMask
 from extract.circuits.sites import node_sites, site_means
 from extract.errors import MissingFileError
 from extract.models import load_model, load_tokenizer
@@ -166,27 +175,28 @@ def load_result(path: Path, key: str) -> dict | None:
     return saved if saved.get("key") == key else None
 
 
-COMPARED = ("dense", "sparse")
+DEFAULT_COMPARED = ("dense", "sparse")
 
 
 def _sufficient(entry: dict | None) -> bool:
     return bool(entry and entry.get("circuit") and entry["circuit"]["sufficient"])
 
 
-def _ratio(tasks: dict, names: list[str]) -> dict:
-    dense = geometric_mean([tasks[n]["dense"]["circuit"]["edges"] for n in names])
-    sparse = geometric_mean([tasks[n]["sparse"]["circuit"]["edges"] for n in names])
-    return {"tasks_compared": names, "edges_geomean_dense": dense, "edges_geomean_sparse": sparse,
-            "edge_ratio": dense / sparse if dense and sparse else None}
+def _ratio(tasks: dict, names: list[str], compared: tuple[str, ...]) -> dict:
+    geomeans = [geometric_mean([tasks[n][role]["circuit"]["edges"] for n in names]) for role in compared]
+    ratio = geomeans[0] / geomeans[1] if len(geomeans) == 2 and all(geomeans) else None
+    return {"tasks_compared": names, "compared": list(compared), "edges_geomean": geomeans, "edge_ratio": ratio}
 
 
-def summarise(tasks: dict) -> dict:
-    """The headline: geometric-mean circuit edges over the tasks for which both models have a circuit
-    sufficient on test; the same over the context tasks alone (those neither model solves from the
-    prompt's last tokens) and over the tasks whose controls all pass. Also every control that
-    failed, by (task, model)."""
-    both = sorted(name for name, t in tasks.items() if all(_sufficient(t.get(role)) for role in COMPARED))
-    context = [name for name in both if not any(tasks[name][role]["short_range"] for role in COMPARED)]
+def summarise(tasks: dict, compared: tuple[str, ...] = DEFAULT_COMPARED) -> dict:
+    """The headline: geometric-mean circuit edges of the two `compared` models (the first two the recipe
+    prunes: dense and sparse by default, or a user's two `--model`s) over the tasks for which both have a
+    circuit sufficient on test, and their ratio, first to second; the same over the context tasks alone
+    (those neither model solves from the prompt's last tokens) and over the tasks whose controls all
+    pass. Also every control that failed, by (task, model)."""
+    compared = tuple(compared)
+    both = sorted(name for name, t in tasks.items() if all(_sufficient(t.get(role)) for role in compared))
+    context = [name for name in both if not any(tasks[name][role]["short_range"] for role in compared)]
     entries = [(f"{name} / {role}", entry) for name, by_role in tasks.items() for role, entry in by_role.items()
                if role != RANDOM_INIT]
     controls = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
@@ -197,14 +207,14 @@ def summarise(tasks: dict) -> dict:
                     or (entry.get("nonsense") or {}).get("reached_target"))
 
     failed = {name for name, by_role in tasks.items()
-              if _sufficient(by_role.get(RANDOM_INIT)) or any(control_failed(by_role.get(r)) for r in COMPARED)}
-    return {**_ratio(tasks, both),
-               "context": _ratio(tasks, context),
+              if _sufficient(by_role.get(RANDOM_INIT)) or any(control_failed(by_role.get(r)) for r in compared)}
+    return {**_ratio(tasks, both, compared),
+               "context": _ratio(tasks, context, compared),
                # the headline a skeptic keeps: tasks where no control (random draws, nonsense twin, random
                # init) reaches the target
-               "controls_passed": _ratio(tasks, [name for name in both if name not in failed]),
+               "controls_passed": _ratio(tasks, [name for name in both if name not in failed], compared),
                "solved": {role: sorted(n for n, t in tasks.items() if (t.get(role) or {}).get("solved"))
-                          for role in COMPARED},
+                          for role in compared},
                "not_sufficient_on_test": [w for w, _, c in circuits if not c["sufficient"]],
                "random_reached": [w for w, _, c in circuits if c.get("random_reached")],
                "nonsense_reached": [w for w, e, _ in circuits if (e.get("nonsense") or {}).get("reached_target")],
@@ -235,7 +245,9 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
         entry.model.to(device)
         _prune_model(entry, recipe, out, tasks, curves)
         entry.model.to("cpu")
-    result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks, "summary": summarise(tasks)}
+    compared = tuple(m.role for m in models if m.role != RANDOM_INIT)[:2]
+    result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks,
+              "summary": summarise(tasks, compared)}
     checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png", tasks)
     return result
@@ -264,6 +276,7 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
                         data.name, entry.role)
             saved = None
         if saved is not None:  # a rerun after an interruption: this one is done
+            _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, sites, means, blocks, data)
             tasks.setdefault(data.name, {})[entry.role] = saved["result"]
             curves.setdefault(data.name, {})[entry.role] = saved["curve"]
             log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved["result"],
@@ -279,12 +292,32 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
         if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
             record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
                                     weights=fingerprint, means_file=means_path, test=data.test)
+            if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
+                record["descriptions"] = _describe(entry, sites, means, found.gates, blocks, data)
             write_circuit(out / circuit_file(data.name, entry.role), record)
             if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
                 draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
         # written last, after the circuit files: its presence means this (task, model) is complete
         checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
         log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+
+
+def _describe(entry: PrunedModel, sites, means, gates, blocks: torch.Tensor, data: TaskData) -> dict:
+    log.info("describing the %d nodes of %s (%s)", int(sum(g.sum() for g in gates.values())), data.name, entry.role)
+    mask = NodeMask(sites, means).to(next(entry.model.parameters()).device)
+    return describe_circuit(entry.model, entry.tokenizer, sites, mask, gates, blocks, data.test)
+
+
+def _add_missing_descriptions(path: Path, entry: PrunedModel, sites, means, blocks, data: TaskData) -> None:
+    """A circuit file from before node descriptions gets them, without pruning again."""
+    if not path.is_file():
+        return
+    record = read_circuit(path)
+    if "descriptions" in record or not record.get("nodes"):
+        return
+    gates = gates_from_record(record, {s.key: s.width for s in sites})
+    record["descriptions"] = _describe(entry, sites, means, gates, blocks, data)
+    write_circuit(path, record)
 
 
 class _LazyBar:

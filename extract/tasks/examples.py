@@ -41,17 +41,25 @@ def splits_at_prompt_end(tokenizer, prompt: str, prompt_ids, answer: str) -> boo
     return tuple(ids[:n]) == tuple(prompt_ids) and len(ids) > n and ids[n] == first_token_id(tokenizer, answer)
 
 
+def padded_prompts(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention mask, position ids) of token lists left-padded to the longest, with positions
+    that start at 0 on each prompt's first real token, so absolute positions are unchanged and the
+    last column is every prompt's last token."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        attention[row, width - len(prompt):] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return ids, attention, positions
+
+
 def last_position_logits(model, examples: list[TaskExample], pad_id: int = 0) -> torch.Tensor:
     """Logits at each prompt's last token. Prompts are left-padded, with an attention mask and
     position ids that start at 0 on the first real token, so absolute positions are unchanged."""
     device = next(model.parameters()).device
-    width = max(len(e.prompt_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        ids[row, width - len(example.prompt_ids):] = torch.tensor(example.prompt_ids)
-        attention[row, width - len(example.prompt_ids):] = 1
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    ids, attention, positions = padded_prompts([e.prompt_ids for e in examples], pad_id)
     output = model(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                    logits_to_keep=1)  # only the last position is scored: skip the unembedding elsewhere
     last = output.logits[:, -1]

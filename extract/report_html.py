@@ -1,0 +1,154 @@
+"""report.html: a run's report as one self-contained page to explore its circuits.
+
+Everything is inlined (the data as JSON, the script, the style, the plots as PNG data), so the file
+opens from disk or a Hub repo with no server and no network. The page shows the models and circuits
+tables, the plots, and per circuit an interactive graph: layers bottom to top, one row per site, edges
+coloured by sign and weighted by magnitude, the strongest shown first (a slider shows more), and each
+node's description (extract/circuits/describe.py) on click. The page's code is
+extract/assets/report/report.js; this module only gathers the data, from saved artifacts.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+from extract import checkpoints
+from extract.arch import SITE_NAMES
+from extract.circuits.describe import node_id
+from extract.circuits.files import circuit_file
+from extract.outputs import FLAGS, ratio_line
+from extract.paths import ASSETS_DIR, CIRCUITS_DIRNAME
+
+HTML_FILE = "report.html"
+PAGE_DIR = ASSETS_DIR / "report"
+LEANS_ON = 12  # nodes listed as the ones the circuit leans on most
+READS, WRITES = ("attn_in", "mlp_in"), ("attn_out", "mlp_out")
+PLOTS = ((f"{CIRCUITS_DIRNAME}/loss_vs_edges.png", "Task loss against circuit edges (test split)"),
+         ("training.png", "Sparsification: loss and density over training"))
+MODEL_FIELDS = ("heldout_loss", "density", "loss_ratio", "kl_to_dense", "quote_accuracy")
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Extraction report</title>
+<style>
+{css}
+</style>
+</head>
+<body>
+<div id="report"></div>
+<script type="application/json" id="report-data">{data}</script>
+<script>
+{script}
+</script>
+</body>
+</html>
+"""
+
+
+def write_html_report(out: Path, report: dict) -> Path:
+    """Write OUTPUT_DIR/report.html for `report` (report.json's contents) and the run's circuit files."""
+    # "<" escaped so no string in the data can close the script element it sits in
+    data = json.dumps(page_data(out, report), separators=(",", ":")).replace("<", "\\u003c")
+    page = TEMPLATE.format(css=(PAGE_DIR / "report.css").read_text(), data=data,
+                           script=(PAGE_DIR / "report.js").read_text())
+    path = Path(out) / HTML_FILE
+    checkpoints.write_text_atomic(path, page)
+    return path
+
+
+def page_data(out: Path, report: dict) -> dict:
+    out = Path(out)
+    tasks = report.get("tasks") or {}
+    summary = report.get("summary") or {}
+    circuits = []
+    table = []
+    for task, by_role in tasks.items():
+        for role, entry in by_role.items():
+            path = out / CIRCUITS_DIRNAME / circuit_file(task, role)
+            record = checkpoints.read_json(path, "rerun the command with --stage prune") if path.is_file() else None
+            view = circuit_view(record, f"circuit-{len(circuits)}") if record and record.get("nodes") else None
+            if view:
+                circuits.append(view)
+            table.append(_table_row(task, role, entry, view))
+    # named after the recipe, not the folder: a run moved or rerun elsewhere writes the same page
+    recipe = report.get("recipe") or "-"
+    return {"title": f"Extraction report: {Path(recipe).stem}", "recipe": recipe,
+            "note": "Every circuit figure is read on each task's test split, which neither the mask nor the "
+                    "choice of circuit size saw.",
+            "models": [{"role": role, **{k: report[role].get(k) for k in MODEL_FIELDS}}
+                       for role in ("dense", "sparse", "trained") if role in report],
+            "summary": _summary_lines(summary) if tasks else [],
+            "splits": "Sufficient: the circuit alone (everything else held at its mean) reaches the target loss. "
+                      "Necessary: removing only the circuit raises the loss to at least ln(2)/2.",
+            "table": table, "images": _images(out), "circuits": circuits}
+
+
+def _summary_lines(summary: dict) -> list[str]:
+    lines = [ratio_line(summary, "tasks both models solve (circuits sufficient on test)")]
+    for key, which in (("context", "context tasks both models solve"),
+                       ("controls_passed", "tasks both models solve whose controls all pass")):
+        if summary.get(key):
+            lines.append(ratio_line(summary[key], which))
+    lines += [f"{label}: {', '.join(summary[key])}." for key, label in FLAGS.items() if summary.get(key)]
+    return [line.replace("**", "") for line in lines]
+
+
+def _verdict(circuit: dict) -> tuple[str, bool]:
+    ok = circuit["sufficient"] and circuit["necessary"]
+    return (("sufficient" if circuit["sufficient"] else "NOT sufficient") + ", "
+            + ("necessary" if circuit["necessary"] else "NOT necessary"), ok)
+
+
+def _table_row(task: str, role: str, entry: dict, view: dict | None) -> dict:
+    row = {"task": task, "model": role, "full_loss": entry.get("full_loss"), "anchor": view and view["anchor"]}
+    circuit = entry.get("circuit")
+    if circuit:
+        verdict, ok = _verdict(circuit)
+        row.update(nodes=circuit["nodes"], edges=circuit["edges"], loss=circuit["loss"],
+                   ablated_loss=circuit["ablated_loss"], verdict=verdict, ok=ok)
+    else:
+        row.update(verdict="no circuit reaches the target" if entry.get("solved") or "reached_target" in entry
+                   else "not solved by the full model", ok=True)
+    return row
+
+
+def circuit_view(record: dict, anchor: str) -> dict:
+    """What the page draws for one circuit file: rows of node ids (bottom to top), edges strongest first
+    as [from, to, weight], the residual identity links, and the node descriptions."""
+    order = {name: i for i, name in enumerate(SITE_NAMES)}
+    keys = sorted(record["nodes"], key=lambda key: (int(key.split(".")[0]), order[key.split(".", 1)[1]]))
+    rows = [{"key": key, "nodes": [node_id(key, i) for i in sorted(record["nodes"][key])]} for key in keys]
+    edges = sorted(([node_id(*e["from"]), node_id(*e["to"]), e["weight"]] for e in record["edges"] or []),
+                   key=lambda e: -abs(e[2]))
+    descriptions = record.get("descriptions") or {}
+    effects = {node: abs(d.get("effect") or 0.0) for node, d in descriptions.items()}
+    circuit = record.get("circuit") or {}
+    verdict, _ = _verdict(circuit) if circuit else ("not checked", False)
+    return {"anchor": anchor, "task": record["task"], "model": record["model"], "rows": rows, "edges": edges,
+            "identity": _identity_links(keys, record["nodes"]), "descriptions": descriptions,
+            "leans_on": sorted(effects, key=lambda node: -effects[node])[:LEANS_ON],
+            "max_effect": max(effects.values(), default=0.0), "node_count": sum(len(r["nodes"]) for r in rows),
+            "loss": circuit.get("loss"), "target": record["target_loss"], "verdict": verdict}
+
+
+def _identity_links(keys: list[str], nodes: dict[str, list[int]]) -> list[list[str]]:
+    """A residual channel written (attn_out, mlp_out) joined to its next read (attn_in, mlp_in) in the
+    circuit: the residual stream carries it there, with no weight in between (not an edge)."""
+    links = []
+    for at, key in enumerate(keys):
+        if key.split(".", 1)[1] not in WRITES:
+            continue
+        for index in nodes[key]:
+            later = next((k for k in keys[at + 1:] if k.split(".", 1)[1] in READS and index in nodes[k]), None)
+            if later:
+                links.append([node_id(key, index), node_id(later, index)])
+    return links
+
+
+def _images(out: Path) -> list[dict]:
+    return [{"title": title, "src": "data:image/png;base64," + base64.b64encode((out / name).read_bytes()).decode()}
+            for name, title in PLOTS if (out / name).is_file()]
