@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from extract.arch import SparseTensor
 
@@ -21,7 +22,7 @@ def kept_count(numel: int, density: float) -> int:
 def projection_mask(weight: torch.Tensor, k: int, unit_axis: int | None, min_per_unit: int) -> torch.Tensor:
     """Boolean mask of exactly max(k, protected) entries: each unit's `min_per_unit` largest
     magnitudes are protected, the rest of the budget goes to the largest remaining magnitudes;
-    among equal magnitudes at the cut, the first in storage order.
+    among equal magnitudes at either cut, the first in storage order.
 
     The mask is everything above the k-th largest magnitude rather than a top-k's indices: on a CPU,
     topk holds a (value, index) pair for every entry, so for GPT-2's 38.6M-entry embedding it
@@ -30,7 +31,7 @@ def projection_mask(weight: torch.Tensor, k: int, unit_axis: int | None, min_per
     if unit_axis is not None and min_per_unit > 0:
         other = 1 - unit_axis
         j = min(min_per_unit, scores.shape[other])
-        scores.scatter_(other, scores.topk(j, dim=other).indices, math.inf)
+        protect_largest_per_unit_(scores, other, j, scores.topk(j, dim=other).values.narrow(other, j - 1, 1))
         k = max(k, j * scores.shape[unit_axis])
     flat = scores.view(-1)
     if k >= flat.numel():
@@ -41,6 +42,19 @@ def projection_mask(weight: torch.Tensor, k: int, unit_axis: int | None, min_per
     if missing > 0:  # ties at the cut: take the first ones
         mask[(flat == cut).nonzero().flatten()[:missing]] = True
     return mask.view_as(weight)
+
+
+def protect_largest_per_unit_(scores: torch.Tensor, along: int, j: int, threshold: torch.Tensor,
+                              ties_before: torch.Tensor | int = 0) -> None:
+    """Set each unit's `j` largest scores along `along` to inf, in place. `threshold` is each unit's
+    j-th largest (kept as a size-1 axis); among scores equal to it, the first in storage order are
+    taken, after `ties_before` equal ones that precede this block (the sharded projection's rows of
+    other processes), so one process and several protect the same entries."""
+    above = scores > threshold
+    ties = scores == threshold
+    missing = j - above.sum(along, keepdim=True)
+    order = ties.to(torch.int64).cumsum(along) - 1 + ties_before  # each tie's place among its unit's ties
+    scores[above | (ties & (order < missing))] = math.inf
 
 
 def kth_largest(flat: torch.Tensor, k: int, by_topk: bool | None = None) -> torch.Tensor:
@@ -58,15 +72,29 @@ def kth_largest(flat: torch.Tensor, k: int, by_topk: bool | None = None) -> torc
 @torch.no_grad()
 def project_(tensors: list[SparseTensor], densities: float | list[float], min_per_unit: int) -> None:
     """Zero all but the largest-magnitude entries of every tensor, in place, to its density
-    (one for all tensors, or one per tensor)."""
+    (one for all tensors, or one per tensor). A parameter sharded by FSDP2 (a DTensor) is projected
+    shard by shard to exactly the same mask (extract/sharded.py)."""
     if not isinstance(densities, (list, tuple)):
         densities = [densities] * len(tensors)
     for t, density in zip(tensors, densities, strict=True):
         if density >= 1.0:
             continue
         weight = t.param.data
-        mask = projection_mask(weight, kept_count(weight.numel(), density), t.unit_axis, min_per_unit)
-        weight.mul_(mask)
+        k = kept_count(weight.numel(), density)  # a DTensor's numel is the whole tensor's
+        if isinstance(weight, DTensor):  # FSDP2: this process holds a block of rows
+            from extract.sharded import sharded_projection_mask
+
+            local = weight.to_local()
+            local.mul_(sharded_projection_mask(local, k, t.unit_axis, min_per_unit, _row_group(weight)))
+        else:
+            weight.mul_(projection_mask(weight, k, t.unit_axis, min_per_unit))
+
+
+def _row_group(weight: DTensor):
+    """The process group a DTensor's rows are sharded over (FSDP2 shards dim 0 on a 1-D mesh)."""
+    if weight.device_mesh.ndim != 1 or not weight.placements[0].is_shard(0):
+        raise NotImplementedError(f"the sharded projection handles rows sharded on a 1-D mesh, not {weight.placements}")
+    return weight.device_mesh.get_group()
 
 
 def tensor_targets(tensors: list[SparseTensor], target_density: float,

@@ -1,0 +1,115 @@
+"""The sharded projection against the single-process one, in two gloo processes on the CPU."""
+import math
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+WORLD = 2
+# (rows, columns, unit axis, density, ties): uneven shards (rows odd), units along either axis,
+# an embedding, many equal magnitudes at the cut, and a shard with fewer rows than min_per_unit
+CASES = [(37, 24, 0, 1 / 8, False), (37, 24, 1, 1 / 8, False), (37, 24, None, 1 / 8, False),
+         (37, 24, None, 1 / 5, True), (37, 24, 0, 1 / 5, True), (37, 24, 1, 1 / 5, True), (37, 24, 1, 1 / 40, True),
+         (5, 16, 1, 1 / 16, False), (64, 40, 1, 1 / 64, False)]
+MIN_PER_UNIT = 4
+
+
+def _shard_rows(rows: int, rank: int) -> slice:
+    """FSDP's split of dim 0: equal chunks of ceil(rows / world), the last one shorter."""
+    chunk = math.ceil(rows / WORLD)
+    return slice(min(rows, rank * chunk), min(rows, (rank + 1) * chunk))
+
+
+def _full_tensor(rows: int, columns: int, ties: bool, seed: int) -> torch.Tensor:
+    weight = torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed))
+    return weight.mul(2).round().div(2) if ties else weight  # ties: magnitudes on a grid of halves, zeros too
+
+
+def _worker(rank: int, port: int, results) -> None:
+    from extract.sharded import kth_largest_sharded, sharded_projection_mask
+    from extract.sparsity import kept_count, kth_largest, projection_mask
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        for case, (rows, columns, unit_axis, density, ties) in enumerate(CASES):
+            full = _full_tensor(rows, columns, ties, seed=case)
+            k = kept_count(full.numel(), density)
+            expected = projection_mask(full, k, unit_axis, MIN_PER_UNIT)[_shard_rows(rows, rank)]
+            got = sharded_projection_mask(full[_shard_rows(rows, rank)].clone(), k, unit_axis, MIN_PER_UNIT)
+            assert torch.equal(got, expected), f"case {case}: {int((got != expected).sum())} entries differ"
+            kth = kth_largest_sharded(full[_shard_rows(rows, rank)].abs(), k)
+            assert torch.equal(kth, kth_largest(full.abs().reshape(-1), k)), f"case {case}: k-th largest"
+        results.put((rank, "ok"))
+    except AssertionError as error:
+        results.put((rank, str(error)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_sharded_projection_is_the_single_process_projection_row_for_row():
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    outcomes = dict(results.get() for _ in range(WORLD))
+    assert outcomes == {0: "ok", 1: "ok"}
+
+
+@pytest.mark.parametrize("k", [1, 7, 100, 888])
+def test_the_radix_select_is_kthvalue_in_one_process(k, tmp_path):
+    from extract.sharded import kth_largest_sharded
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        values = torch.randn(888).abs()
+        values[::7] = 0.0  # zeros, as a projected tensor holds
+        assert torch.equal(kth_largest_sharded(values, k), values.kthvalue(888 - k + 1).values)
+    finally:
+        dist.destroy_process_group()
+
+
+def _fsdp_worker(rank: int, port: int, results) -> None:
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from extract.arch import sparse_tensors
+    from extract.sparsity import project_
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)  # the same model in both processes, as FSDP expects
+        # 31 positions: the position embedding's rows do not split evenly over two processes
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=2048, n_layer=2, n_embd=32, n_head=4, n_positions=31))
+        whole = copy.deepcopy(model)
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        sharded = sparse_tensors(model)
+        assert all(type(t.param).__name__ == "DTensor" for t in sharded)
+        project_(sharded, 1 / 8, MIN_PER_UNIT)
+        project_(sparse_tensors(whole), 1 / 8, MIN_PER_UNIT)
+        expected = dict(whole.named_parameters())
+        differ = [t.name for t in sharded if not torch.equal(t.param.full_tensor(), expected[t.name])]
+        results.put((rank, "ok" if not differ else f"differ: {differ}"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_model_sharded_by_fsdp2_projects_to_the_single_process_weights():
+    """torch's fully_shard (FSDP2) on the CPU with gloo. Accelerate's FSDP plugin itself needs GPUs
+    (with `Accelerator(cpu=True)` it wraps the model in DDP instead)."""
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_fsdp_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    assert dict(results.get() for _ in range(WORLD)) == {0: "ok", 1: "ok"}
