@@ -176,13 +176,22 @@ def sharkfin_factor(current_density: float, target_density: float, power: float 
 
 @torch.no_grad()
 def rescale_gradients_to_unit_rms(parameters) -> float:
-    """Scale all gradients together so their global root-mean-square is 1; returns the old RMS."""
+    """Scale all gradients together so their global root-mean-square is 1; returns the old RMS.
+    Gradients sharded by FSDP2 (DTensors) count every process's block."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
-    squares = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
-    count = sum(g.numel() for g in grads)
+    whole = [g for g in grads if not isinstance(g, DTensor)]
+    sharded = [g for g in grads if isinstance(g, DTensor)]
+    squares = torch.stack([g.float().pow(2).sum() for g in whole]).sum() if whole else torch.zeros(())
+    if sharded:  # FSDP2: each process holds a block of each gradient; the sum of squares is over all
+        local = torch.stack([g.to_local().float().pow(2).sum() for g in sharded]).sum()
+        torch.distributed.all_reduce(local, group=_row_group(sharded[0]))
+        squares = squares.to(local.device) + local
+    count = sum(g.numel() for g in grads)  # a DTensor's numel is the whole tensor's
     rms = float(torch.sqrt(squares / count))
     if rms > 0 and math.isfinite(rms):
-        torch._foreach_mul_(grads, 1.0 / rms)
+        for group in (whole, [g.to_local() for g in sharded]):
+            if group:
+                torch._foreach_mul_(group, 1.0 / rms)
     return rms

@@ -113,3 +113,59 @@ def test_a_model_sharded_by_fsdp2_projects_to_the_single_process_weights():
     results = context.SimpleQueue()
     mp.start_processes(_fsdp_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
     assert dict(results.get() for _ in range(WORLD)) == {0: "ok", 1: "ok"}
+
+
+def _fsdp_steps_worker(rank: int, port: int, results) -> None:
+    """Three sparsify steps (loss, backward, RMS rescale, AdamW, projection) on a model sharded by
+    fully_shard and on an unsharded copy, with the same batch in both processes."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from extract.arch import sparse_tensors
+    from extract.recipe import OptimConfig
+    from extract.sparsity import measured_density, project_
+    from extract.train import apply_gradients
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        torch.manual_seed(0)
+        config = GPT2Config(vocab_size=2048, n_layer=2, n_embd=32, n_head=4, n_positions=31, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(config)
+        whole = copy.deepcopy(model)
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        batch = torch.randint(0, 2048, (4, 31), generator=torch.Generator().manual_seed(1))
+        optim = OptimConfig()
+        for net in (model, whole):
+            optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2, betas=optim.betas, eps=optim.eps)
+            for density in (1 / 2, 1 / 4, 1 / 8):
+                net(input_ids=batch, labels=batch).loss.backward()
+                apply_gradients(optimizer, list(net.parameters()), optim)
+                project_(sparse_tensors(net), density, MIN_PER_UNIT)
+        expected = dict(whole.named_parameters())
+        problems = []
+        for t in sparse_tensors(model):
+            full = t.param.full_tensor()
+            if not torch.equal(full != 0, expected[t.name] != 0):
+                problems.append(f"{t.name}: pattern")
+            elif not torch.allclose(full, expected[t.name], atol=1e-6):
+                problems.append(f"{t.name}: values")
+        density = measured_density([t.param.full_tensor() for t in sparse_tensors(model)])
+        if density != measured_density(sparse_tensors(whole)):
+            problems.append(f"density {density}")
+        results.put((rank, "ok" if not problems else "; ".join(problems)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sparsify_steps_under_fsdp2_give_the_single_process_weights_and_pattern():
+    context = mp.get_context("spawn")
+    results = context.SimpleQueue()
+    mp.start_processes(_fsdp_steps_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    assert dict(results.get() for _ in range(WORLD)) == {0: "ok", 1: "ok"}
