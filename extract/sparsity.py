@@ -128,11 +128,17 @@ def density_floor(tensors: list[SparseTensor], min_per_unit: int) -> float:
 
 @torch.no_grad()
 def measured_density(tensors_or_weights) -> tuple[float, int, int]:
-    """(nonzero fraction, nonzeros, total) over the given tensors, read from the values themselves."""
+    """(nonzero fraction, nonzeros, total) over the given tensors, read from the values themselves
+    (a DTensor's over every process, so every process must call this)."""
     nonzero = total = 0
     for t in tensors_or_weights:
         w = t.param if isinstance(t, SparseTensor) else t
-        nonzero += int(torch.count_nonzero(w))
+        if isinstance(w, DTensor):  # FSDP2: count this process's rows, then every process's
+            count = torch.count_nonzero(w.to_local()).reshape(1)
+            torch.distributed.all_reduce(count, group=_row_group(w))
+            nonzero += int(count)
+        else:
+            nonzero += int(torch.count_nonzero(w))
         total += w.numel()
     return nonzero / total, nonzero, total
 
