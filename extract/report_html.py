@@ -15,6 +15,7 @@ from pathlib import Path
 
 from extract import checkpoints
 from extract.arch import SITE_NAMES
+from extract.circuits.checks import verdict
 from extract.circuits.describe import node_id
 from extract.circuits.files import circuit_file
 from extract.outputs import FLAGS, ratio_line
@@ -97,19 +98,13 @@ def _summary_lines(summary: dict) -> list[str]:
     return [line.replace("**", "") for line in lines]
 
 
-def _verdict(circuit: dict) -> tuple[str, bool]:
-    ok = circuit["sufficient"] and circuit["necessary"]
-    return (("sufficient" if circuit["sufficient"] else "NOT sufficient") + ", "
-            + ("necessary" if circuit["necessary"] else "NOT necessary"), ok)
-
-
 def _table_row(task: str, role: str, entry: dict, view: dict | None) -> dict:
     row = {"task": task, "model": role, "full_loss": entry.get("full_loss"), "anchor": view and view["anchor"]}
     circuit = entry.get("circuit")
     if circuit:
-        verdict, ok = _verdict(circuit)
         row.update(nodes=circuit["nodes"], edges=circuit["edges"], loss=circuit["loss"],
-                   ablated_loss=circuit["ablated_loss"], verdict=verdict, ok=ok)
+                   ablated_loss=circuit["ablated_loss"], verdict=verdict(circuit),
+                   ok=circuit["sufficient"] and circuit["necessary"])
     else:
         row.update(verdict="no circuit reaches the target" if entry.get("solved") or "reached_target" in entry
                    else "not solved by the full model", ok=True)
@@ -127,12 +122,12 @@ def circuit_view(record: dict, anchor: str) -> dict:
     descriptions = record.get("descriptions") or {}
     effects = {node: abs(d.get("effect") or 0.0) for node, d in descriptions.items()}
     circuit = record.get("circuit") or {}
-    verdict, _ = _verdict(circuit) if circuit else ("not checked", False)
     return {"anchor": anchor, "task": record["task"], "model": record["model"], "rows": rows, "edges": edges,
             "identity": _identity_links(keys, record["nodes"]), "descriptions": descriptions,
             "leans_on": sorted(effects, key=lambda node: -effects[node])[:LEANS_ON],
             "max_effect": max(effects.values(), default=0.0), "node_count": sum(len(r["nodes"]) for r in rows),
-            "loss": circuit.get("loss"), "target": record["target_loss"], "verdict": verdict}
+            "loss": circuit.get("loss"), "target": record["target_loss"],
+            "verdict": verdict(circuit) if circuit else "not checked"}
 
 
 def _identity_links(keys: list[str], nodes: dict[str, list[int]]) -> list[list[str]]:

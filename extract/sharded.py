@@ -38,10 +38,11 @@ def _all_gather(tensor: torch.Tensor, group) -> list[torch.Tensor]:
     return parts
 
 
-def _ranks_before(count: int, group) -> int:
-    """How many of something the processes of lower rank hold (their counts' sum)."""
-    counts = _all_gather(torch.tensor([count], dtype=torch.int64), group)
-    return int(sum(c for c in counts[: dist.get_rank(group)]))
+def _ranks_before(counts: torch.Tensor, group) -> torch.Tensor:
+    """How many of something the processes of lower rank hold: the sum of their `counts` (int64, any
+    shape, e.g. one count per column)."""
+    gathered = _all_gather(counts, group)[: dist.get_rank(group)]
+    return torch.stack(gathered).sum(0) if gathered else torch.zeros_like(counts)
 
 
 @torch.no_grad()
@@ -66,7 +67,7 @@ def _take_first_ties(mask: torch.Tensor, ties: torch.Tensor, wanted: int, group)
     """Add to `mask` the first `wanted` True entries of `ties` in the global storage order (this
     process's entries come after those of every lower rank)."""
     local = ties.reshape(-1).nonzero().flatten()
-    start = _ranks_before(len(local), group)
+    start = int(_ranks_before(torch.tensor([len(local)]), group))
     take = max(0, min(len(local), wanted - start))
     mask.view(-1)[local[:take]] = True
 
@@ -79,11 +80,10 @@ def _protect_columns(scores: torch.Tensor, j: int, group) -> None:
     if local_j < j:  # a shard with fewer rows than j: pad with values below any magnitude
         top = torch.cat([top, top.new_full((j - local_j, scores.shape[1]), -1.0)])
     threshold = torch.cat(_all_gather(top, group)).topk(j, dim=0).values[-1:]  # (1, columns)
-    above = _all_reduce((scores > threshold).sum(0, keepdim=True).to(torch.int64), group)
-    ties = torch.stack(_all_gather((scores == threshold).sum(0, keepdim=True).to(torch.int64), group))
-    before = ties[: dist.get_rank(group)].sum(0)
-    # protect_largest_per_unit_ counts this block's `above` only: give it the others' through `j`
     local_above = (scores > threshold).sum(0, keepdim=True)
+    above = _all_reduce(local_above.clone(), group)
+    before = _ranks_before((scores == threshold).sum(0, keepdim=True), group)
+    # protect_largest_per_unit_ counts this block's `above` only: give it the others' through `j`
     protect_largest_per_unit_(scores, 0, j - (above - local_above), threshold, before)
 
 

@@ -1,6 +1,5 @@
 """The sharded projection against the single-process one, in two gloo processes on the CPU."""
 import math
-import socket
 
 import pytest
 import torch
@@ -27,11 +26,11 @@ def _full_tensor(rows: int, columns: int, ties: bool, seed: int) -> torch.Tensor
     return weight.mul(2).round().div(2) if ties else weight  # ties: magnitudes on a grid of halves, zeros too
 
 
-def _worker(rank: int, port: int, results) -> None:
+def _worker(rank: int, init: str, results) -> None:
     from extract.sharded import kth_largest_sharded, sharded_projection_mask
     from extract.sparsity import kept_count, kth_largest, projection_mask
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         for case, (rows, columns, unit_axis, density, ties) in enumerate(CASES):
             full = _full_tensor(rows, columns, ties, seed=case)
@@ -48,16 +47,15 @@ def _worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _store(tmp_path) -> str:
+    """A file the processes meet at (a file rather than a port, so no other program can take it first)."""
+    return f"file://{tmp_path / 'store'}"
 
 
-def test_the_sharded_projection_is_the_single_process_projection_row_for_row():
+def test_the_sharded_projection_is_the_single_process_projection_row_for_row(tmp_path):
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.start_processes(_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(_store(tmp_path), results), nprocs=WORLD, start_method="spawn")
     outcomes = dict(results.get() for _ in range(WORLD))
     assert outcomes == {0: "ok", 1: "ok"}
 
@@ -75,7 +73,7 @@ def test_the_radix_select_is_kthvalue_in_one_process(k, tmp_path):
         dist.destroy_process_group()
 
 
-def _fsdp_worker(rank: int, port: int, results) -> None:
+def _fsdp_worker(rank: int, init: str, results) -> None:
     import copy
 
     from torch.distributed.device_mesh import init_device_mesh
@@ -85,7 +83,7 @@ def _fsdp_worker(rank: int, port: int, results) -> None:
     from extract.arch import sparse_tensors
     from extract.sparsity import project_
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)  # the same model in both processes, as FSDP expects
         # 31 positions: the position embedding's rows do not split evenly over two processes
@@ -106,16 +104,16 @@ def _fsdp_worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_a_model_sharded_by_fsdp2_projects_to_the_single_process_weights():
+def test_a_model_sharded_by_fsdp2_projects_to_the_single_process_weights(tmp_path):
     """torch's fully_shard (FSDP2) on the CPU with gloo. Accelerate's FSDP plugin itself needs GPUs
     (with `Accelerator(cpu=True)` it wraps the model in DDP instead)."""
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.start_processes(_fsdp_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_fsdp_worker, args=(_store(tmp_path), results), nprocs=WORLD, start_method="spawn")
     assert dict(results.get() for _ in range(WORLD)) == {0: "ok", 1: "ok"}
 
 
-def _fsdp_steps_worker(rank: int, port: int, results) -> None:
+def _fsdp_steps_worker(rank: int, init: str, results) -> None:
     """Three sparsify steps (loss, backward, RMS rescale, AdamW, projection) on a model sharded by
     fully_shard and on an unsharded copy, with the same batch in both processes."""
     import copy
@@ -129,7 +127,7 @@ def _fsdp_steps_worker(rank: int, port: int, results) -> None:
     from extract.sparsity import measured_density, project_
     from extract.train import apply_gradients
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)
         config = GPT2Config(vocab_size=2048, n_layer=2, n_embd=32, n_head=4, n_positions=31, resid_pdrop=0.0,
@@ -164,8 +162,8 @@ def _fsdp_steps_worker(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_sparsify_steps_under_fsdp2_give_the_single_process_weights_and_pattern():
+def test_sparsify_steps_under_fsdp2_give_the_single_process_weights_and_pattern(tmp_path):
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.start_processes(_fsdp_steps_worker, args=(_free_port(), results), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_fsdp_steps_worker, args=(_store(tmp_path), results), nprocs=WORLD, start_method="spawn")
     assert dict(results.get() for _ in range(WORLD)) == {0: "ok", 1: "ok"}

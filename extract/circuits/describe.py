@@ -3,8 +3,8 @@
 For every kept node:
 - `corpus` and `task`: the held-out text and the task prompts where the node is farthest from its mean
   (the value it is held at when removed), each with the token highlighted and a few tokens either side;
-- `sides`: its value at the last token on each side of the task's pairs (grouped by the correct answer),
-  and how far apart the two sides are in pooled standard deviations (what it separates);
+- `sides`: its value at the last token on each side of the task's pairs (which of its two answers, in
+  text order, is correct), and how far apart the two sides are in pooled standard deviations;
 - `logits` (residual writes and MLP neurons): the tokens its write pushes up and down most through the
   unembedding (the direct path; the final norm's per-channel gain does not change one channel's order);
 - `attention` (q and k channels): where the node's head looks from the last token, with only the
@@ -13,7 +13,7 @@ For every kept node:
 - `summary`: one line a person reads first, made from the above.
 
 The full model is read for the contexts and the sides, the circuit alone (every other node at its mean)
-for attention. Descriptions go into the circuit file, so a published circuit carries them.
+for attention and the effect. Descriptions go into the circuit file, so a published circuit carries them.
 """
 from __future__ import annotations
 
@@ -53,14 +53,17 @@ def describe_circuit(model, tokenizer, sites: list[Site], mask: NodeMask, gates:
 
     corpus = [row.tolist() for row in blocks]
     prompts = [list(e.prompt_ids) for e in examples]
+    last_values = None
     for source, texts in (("corpus", corpus), ("task", prompts)):
-        for node, contexts in _top_contexts(model, chosen, kept, means, texts, tokenizer).items():
-            described[node][source] = contexts
-    for node, sides in _sides(model, chosen, kept, examples, tokenizer).items():
+        contexts, last_values = _scan_texts(model, chosen, kept, means, texts, tokenizer)
+        for node, found in contexts.items():
+            described[node][source] = found
+    for node, sides in _sides(kept, last_values, examples, tokenizer).items():  # the prompts' last tokens
         described[node]["sides"] = sides
     for node, pushed in _logit_effects(model, chosen, kept, tokenizer).items():
         described[node]["logits"] = pushed
-    for node, looks in _attention(model, chosen, kept, mask, gates, examples, tokenizer).items():
+    q_widths = {s.layer: s.width for s in sites if s.name == "q"}
+    for node, looks in _attention(model, chosen, kept, q_widths, mask, gates, examples, tokenizer).items():
         described[node]["attention"] = looks
     for node, effect in _effects(model, chosen, kept, mask, gates, examples).items():
         described[node]["effect"] = effect
@@ -118,11 +121,14 @@ def _context(tokenizer, ids: list[int], position: int, value: float) -> dict:
             "after": tokenizer.decode(ids[position + 1:position + 1 + AFTER]), "value": round(value, 4)}
 
 
-def _top_contexts(model, chosen, kept, means, texts: list[list[int]], tokenizer) -> dict[str, list[dict]]:
-    """Per node, the CONTEXTS positions of `texts` where it is farthest from its mean, streamed over
-    batches so a long corpus or a dense circuit never holds every activation at once."""
+def _scan_texts(model, chosen, kept, means, texts: list[list[int]], tokenizer
+                ) -> tuple[dict[str, list[dict]], dict[str, torch.Tensor]]:
+    """One pass of the full model over `texts`: per node, the CONTEXTS positions where it is farthest
+    from its mean, and each text's last-token values ({site key: (texts, kept nodes)}). Streamed over
+    batches, so a long corpus or a dense circuit never holds every activation at once."""
     longest = max(len(t) for t in texts)
     best: dict[str, tuple[torch.Tensor, ...]] = {}  # site key: (distance, text * longest + position, value)
+    last = defaultdict(list)
     for start in range(0, len(texts), BATCH):
         batch = texts[start:start + BATCH]
         seen, valid = _run_recording(model, chosen, kept, batch)
@@ -130,6 +136,7 @@ def _top_contexts(model, chosen, kept, means, texts: list[list[int]], tokenizer)
         pad = torch.tensor([width - len(t) for t in batch])[:, None]
         code = ((torch.arange(len(batch)) + start)[:, None] * longest + torch.arange(width)[None, :] - pad).flatten()
         for key, values in seen.items():
+            last[key].append(values[:, -1])  # left-padded: the last column is every text's last token
             candidates = ((values - means[key]).abs().masked_fill(~valid[..., None], -1.0).flatten(0, 1),
                           code[:, None].expand(-1, values.shape[-1]), values.flatten(0, 1))
             if key in best:
@@ -148,21 +155,10 @@ def _top_contexts(model, chosen, kept, means, texts: list[list[int]], tokenizer)
                 if context not in contexts and len(contexts) < CONTEXTS:
                     contexts.append(context)
             out[node_id(key, index)] = contexts
-    return out
+    return out, {key: torch.cat(values) for key, values in last.items()}
 
 
-def _last_values(model, chosen, kept, examples: list[TaskExample]) -> dict[str, torch.Tensor]:
-    """Each kept node's value at every example's last token: {site key: (examples, kept nodes)}."""
-    prompts = [list(e.prompt_ids) for e in examples]
-    parts = defaultdict(list)
-    for start in range(0, len(prompts), BATCH):
-        seen, _ = _run_recording(model, chosen, kept, prompts[start:start + BATCH])
-        for key, values in seen.items():
-            parts[key].append(values[:, -1])  # left-padded: the last column is every prompt's last token
-    return {key: torch.cat(values) for key, values in parts.items()}
-
-
-def _sides(model, chosen, kept, examples: list[TaskExample], tokenizer) -> dict[str, dict]:
+def _sides(kept, last_values: dict[str, torch.Tensor], examples: list[TaskExample], tokenizer) -> dict[str, dict]:
     """The node's mean and spread at the last token on each side of the task's pairs, and how far apart
     the sides are (difference of means over the pooled standard deviation). An example's side is whether
     its correct answer is the first or the second of its two answers in text order, so the quote task's
@@ -171,7 +167,7 @@ def _sides(model, chosen, kept, examples: list[TaskExample], tokenizer) -> dict[
     first = torch.tensor([target < alternative for target, alternative in names])
     answers = [[t for (t, _), f in zip(names, first.tolist()) if f == side] for side in (True, False)]
     out = {}
-    for key, values in _last_values(model, chosen, kept, examples).items():
+    for key, values in last_values.items():
         for column, index in enumerate(kept[key].tolist()):
             sides = []
             for side, rows in zip(answers, (first, ~first)):
@@ -212,17 +208,17 @@ def _logit_effects(model, chosen, kept, tokenizer) -> dict[str, dict]:
     return out
 
 
-def _query_heads(model, site: Site, index: int) -> list[int]:
+def _query_heads(heads: int, q_width: int, site: Site, index: int) -> list[int]:
     """The query heads whose scores a q or k channel enters (a k channel serves its kv head's group)."""
-    heads = model.config.num_attention_heads
-    head_dim = next(s for s in family_of(model).sites(model) if s.layer == site.layer and s.name == "q").width // heads
+    head_dim = q_width // heads
     if site.name == "q":
         return [index // head_dim]
     group = heads // (site.width // head_dim)
     return list(range(index // head_dim * group, (index // head_dim + 1) * group))
 
 
-def _attention(model, chosen, kept, mask: NodeMask, gates, examples: list[TaskExample], tokenizer) -> dict[str, dict]:
+def _attention(model, chosen, kept, q_widths: dict[int, int], mask: NodeMask, gates, examples: list[TaskExample],
+               tokenizer) -> dict[str, dict]:
     """For q and k channels: with only the circuit kept, which token the node's head looks at most from
     each prompt's last token; the tokens most often looked at, with the share of prompts and the mean
     attention weight they get."""
@@ -250,7 +246,7 @@ def _attention(model, chosen, kept, mask: NodeMask, gates, examples: list[TaskEx
     out = {}
     for site in qk:
         for index in kept[site.key].tolist():
-            heads = _query_heads(model, site, index)
+            heads = _query_heads(model.config.num_attention_heads, q_widths[site.layer], site, index)
             looked: dict[str, list[tuple[float, int]]] = defaultdict(list)  # token: [(weight, distance)]
             for prompt, weights in zip(prompts, from_last[site.layer]):
                 weights = weights[heads].mean(0)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from extract.circuits.checks import check_circuit
+from extract.circuits.checks import check_circuit, verdict
 from extract.circuits.files import circuit_file, gates_from_record, read_circuit, test_examples
 from extract.circuits.masks import NodeMask
 from extract.circuits.prune import scores_with_gates
@@ -94,11 +94,9 @@ class Circuit:
 
     def __repr__(self) -> str:
         claimed = self.record.get("circuit") or {}
-        verdict = "sufficient" if claimed.get("sufficient") else "NOT sufficient"
-        verdict += ", necessary" if claimed.get("necessary") else ", NOT necessary"
         return (f"Circuit({self.task!r} on the {self.role} model: {claimed.get('nodes', 0):,} nodes, "
                 f"{len(self.edges):,} edges; reported test loss {claimed.get('loss', float('nan')):.4f} on "
-                f"{len(self.examples)} examples, {verdict} at target {self.record['target_loss']})")
+                f"{len(self.examples)} examples, {verdict(claimed)} at target {self.record['target_loss']})")
 
 
 def _model_source(files: RunFiles, record: dict, role: str, model_path: str | None) -> ModelConfig:
