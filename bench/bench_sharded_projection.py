@@ -77,6 +77,7 @@ def _worker(rank: int, port: int, method: str, spec: tuple, results) -> None:
     other = gather_then_project() if method == "sharded" else sharded()
     results.put({"rank": rank, "seconds": statistics.median(times), "peak_mib": peak / 1024,
                  "same_mask": bool(torch.equal(mask, other)), "kept": int(mask.sum())})
+    dist.barrier()  # neither process closes the group while the other is still in a collective
     dist.destroy_process_group()
 
 

@@ -41,6 +41,9 @@ def _worker(rank: int, init: str, results) -> None:
             kth = kth_largest_sharded(full[_shard_rows(rows, rank)].abs(), k)
             assert torch.equal(kth, kth_largest(full.abs().reshape(-1), k)), f"case {case}: k-th largest"
         results.put((rank, "ok"))
+        # wait for the other process before closing the group: one that closes it while the other is
+        # still in its last collective aborts that one ("terminate called without an active exception")
+        dist.barrier()
     except AssertionError as error:
         results.put((rank, str(error)))
     finally:
@@ -100,6 +103,7 @@ def _fsdp_worker(rank: int, init: str, results) -> None:
         expected = dict(whole.named_parameters())
         differ = [t.name for t in sharded if not torch.equal(t.param.full_tensor(), expected[t.name])]
         results.put((rank, "ok" if not differ else f"differ: {differ}"))
+        dist.barrier()  # as in _worker
     finally:
         dist.destroy_process_group()
 
@@ -158,6 +162,7 @@ def _fsdp_steps_worker(rank: int, init: str, results) -> None:
         if density != measured_density(sparse_tensors(whole)):
             problems.append(f"density {density}")
         results.put((rank, "ok" if not problems else "; ".join(problems)))
+        dist.barrier()  # as in _worker
     finally:
         dist.destroy_process_group()
 
