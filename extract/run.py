@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  accelerate launch extract/run.py --recipe gpt2-small\n"
             "  python extract/run.py train.steps=50 output_dir=/tmp/x  # override any field by dotted path\n"
             "  accelerate launch --multi_gpu --num_processes 2 extract/run.py   # 2 CPU processes (gloo)\n"
+            "  accelerate launch --config_file configs/fsdp2.yaml --num_processes 8 extract/run.py \\\n"
+            "      --recipe gpt2-small                                 # FSDP2: weights, teacher, Adam sharded\n"
             "  python extract/run.py --stage prune --model path/to/model --task my_task.jsonl output_dir=/tmp/c\n"
             "  python extract/run.py --stage push hub.repo_id=you/tiny-python-sparse  # publish a finished run\n\n"
             "Rerunning the same command resumes from the newest checkpoint in output_dir."

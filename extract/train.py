@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from extract import checkpoints
+from extract import checkpoints, fsdp
 from extract.arch import sparse_tensors
 from extract.data import CorpusSpec, heldout_tensor, load_text_splits, pack_blocks
 from extract.errors import UserError
@@ -73,13 +74,17 @@ def resolve_precision(setting: str) -> str:
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
+    fsdp.check_version()
     # No GPU: cpu=True makes `--multi_gpu` on CPU a real gloo process group.
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=resolve_precision(recipe.train.mixed_precision),
         cpu=not torch.cuda.is_available(),
         dynamo_backend="inductor" if recipe.train.compile else "no",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if fsdp.enable_on_cpu(accelerator):
+        accelerator.print("no GPU: FSDP2 runs over gloo on the CPU (Accelerate itself would fall back to DDP)")
+    return accelerator
 
 
 def corpus_spec(recipe: Recipe) -> CorpusSpec:
@@ -116,15 +121,20 @@ def heldout_metrics(model, heldout: torch.Tensor, teacher=None, batch_size: int 
     batch_size = batch_size or eval_batch_size(heldout.shape[1], model.config.vocab_size)
     was_training = model.training
     model.eval()
-    rows = heldout
+    rows, world = heldout, 1
     if accelerator is not None and accelerator.num_processes > 1:
-        rows = heldout[accelerator.process_index :: accelerator.num_processes]
+        world = accelerator.num_processes
+        rows = heldout[accelerator.process_index :: world]
     device = next(model.parameters()).device
     sums = torch.zeros(3, device=device)  # ce*n, kl*n, n
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size].to(device)
-        ce, kl = token_losses(model, batch, teacher)
-        sums += torch.tensor([float(ce) * len(batch), float(kl or 0.0) * len(batch), len(batch)], device=device)
+    # every process runs as many forwards as the one with the most rows: under FSDP each forward
+    # gathers the weights from all of them; a process out of rows runs one row and counts nothing
+    for start in range(0, math.ceil(len(heldout) / world), batch_size):
+        batch = rows[start : start + batch_size]
+        n = len(batch)
+        ce, kl = token_losses(model, (batch if n else heldout[:1]).to(device), teacher)
+        sums += torch.tensor([float(ce) * n, float(kl or 0.0) * n, n], device=device)
+    fsdp.reshard(model)
     if accelerator is not None and accelerator.num_processes > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     model.train(was_training)
@@ -305,8 +315,8 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     model = load_model(recipe.model, vocab_size=len(tokenizer))
     finals = final_densities(model, recipe)  # before the data: a budget error then costs seconds
     teacher = None
-    if recipe.loss.kl_weight > 0:
-        teacher = copy.deepcopy(model).eval().requires_grad_(False).to(accelerator.device)
+    if recipe.loss.kl_weight > 0:  # sharded like the student under FSDP
+        teacher = fsdp.shard_frozen(accelerator, copy.deepcopy(model).eval().requires_grad_(False))
         if t.compile:  # the teacher's forward runs every step too
             teacher = torch.compile(teacher)
     with accelerator.main_process_first():  # build the datasets cache once
@@ -324,8 +334,13 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     # the plain module: parameter names without DDP's or torch.compile's prefixes
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    params = [p for p in model.parameters() if p.requires_grad]
     targets = sparse_tensors(raw_model, recipe.sparsity.embeddings) if recipe.sparsity.enabled else []
     s = recipe.sparsity
+    if accelerator.is_fsdp2:
+        teacher_share = f" and {fsdp.held_share(teacher):.1%} of the frozen teacher" if teacher is not None else ""
+        accelerator.print(f"FSDP2 over {world} processes: this one holds {fsdp.held_share(raw_model):.1%} "
+                          f"of the model{teacher_share}")
     if targets:
         floor = density_floor(targets, s.min_per_unit)
         accelerator.print(f"sparsifying {len(targets)} tensors, {sum(x.param.numel() for x in targets):,} weights; "
@@ -355,7 +370,6 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     bar = tqdm(total=t.steps, initial=state.step, desc="sparsify" if targets else "train",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     window_start, window_tokens = time.time(), 0
-    params = [p for p in model.parameters() if p.requires_grad]
 
     while state.step < t.steps:
         lr, density = step_schedule(recipe, state.step, sparsifying=bool(targets))
@@ -415,15 +429,17 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
     bar.close()
     state.wall_seconds += time.time() - session_start
 
-    accelerator.wait_for_everyone()
+    # every process takes part: under FSDP the whole weights are gathered to the main process's CPU
+    # memory, and the density counts every process's rows
+    weights = fsdp.without_tied_copies(raw_model, accelerator.get_state_dict(raw_model))
+    achieved = measured_density(targets)[0] if targets else None
     if accelerator.is_main_process:
         with checkpoints.atomic_directory(final_dir) as scratch:
-            raw_model.save_pretrained(scratch, safe_serialization=True)
+            raw_model.save_pretrained(scratch, state_dict=weights, safe_serialization=True)
             tokenizer.save_pretrained(scratch)
             (scratch / RECIPE_FILE).write_text(recipe_yaml(recipe))  # the model folder travels alone
             state.save(scratch / "trainer_state.json")
         if targets:
-            achieved, _, _ = measured_density(targets)
             accelerator.print(f"saved {final_dir}: density {achieved:.5f} over the sparsified tensors")
     accelerator.wait_for_everyone()
     return final_dir
