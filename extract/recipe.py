@@ -209,6 +209,8 @@ def _coerce(value, tp, where: str):
             _coerce(value, mappings[0], where)
         raise RecipeError(errors[0] if len(errors) == 1 else f"{where}: expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
+        if value is False and "no" in typing.get_args(tp):  # YAML reads an unquoted `no` as false
+            return "no"
         if value not in typing.get_args(tp):
             raise RecipeError(f"{where}: must be one of {list(typing.get_args(tp))}, got {value!r}")
         return value

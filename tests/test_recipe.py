@@ -65,6 +65,8 @@ def test_overrides_by_dotted_path():
                                             "optim.lr=3e-3"])
     assert recipe.train.steps == 7 and recipe.output_dir == "/tmp/elsewhere" and recipe.optim.betas == (0.8, 0.9)
     assert recipe.optim.lr == 0.003  # YAML 1.1 reads 3e-3 as a string; the schema still takes it
+    # YAML 1.1 reads an unquoted `no` as false: the choice "no" is still meant
+    assert load_recipe("tiny-python", ["train.mixed_precision=no"])[0].train.mixed_precision == "no"
 
 
 @pytest.mark.parametrize("override, expected", [("train.stepz=3", "train.stepz: unknown key"),
