@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 def _launch_fsdp(recipe, *extra) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "fsdp2.yaml"),
-            "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()), *extra,
+            "--num_processes", "2", "--main_process_port", str(_free_port()), *extra,
             str(RUN), "--recipe", str(recipe), "--stage", "sparsify"]
 
 
