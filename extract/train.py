@@ -408,6 +408,9 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
             now = time.time()
             tok_s = window_tokens / max(now - window_start, 1e-9)
             window_start, window_tokens = now, 0
+            if world > 1:  # the step's loss over every process's rows, not process 0's alone
+                ce_sum, kl_sum = accelerator.reduce(torch.tensor([ce_sum, kl_sum], device=accelerator.device),
+                                                    reduction="mean").tolist()
             record = {"step": state.step, "tokens": state.tokens, "lr": lr, "density": density,
                       "ce": ce_sum, "kl": kl_sum if teacher is not None else None, "tokens_per_s": tok_s}
             bar.set_postfix(ce=f"{ce_sum:.3f}", kl=f"{kl_sum:.3f}" if teacher is not None else "-",

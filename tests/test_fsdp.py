@@ -78,6 +78,10 @@ def test_fsdp_run_killed_and_resumed_ends_with_the_one_process_weights(write_rec
             for run in ("one", "fsdp")]
     held_out = [[r["heldout_loss"] for r in log if "heldout_loss" in r] for log in logs]
     assert held_out[1] == pytest.approx(held_out[0], abs=1e-5)
+    # the logged training loss is every process's rows, as the one process's is (after the resume too)
+    assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[0]]
+    for key in ("ce", "kl"):
+        assert [r[key] for r in logs[1]] == pytest.approx([r[key] for r in logs[0]], abs=1e-5), key
 
     # plain transformers loads it, with its own class name and the recipe's density
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp" / "model")
