@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,16 +29,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def worker(report_dir: Path, argv: list[str]) -> int:
     """Run under `accelerate launch`: the command line with the training loop's phases wrapped, then
     this process's peaks to a file."""
     import torch  # noqa: F401  (the imports count as the baseline)
     from accelerate import Accelerator
-    from bench_full_size import Probe
+    from bench_full_size import Probe, peak_rss
 
     import extract.train as train_module
     from extract.run import main
@@ -54,25 +48,20 @@ def worker(report_dir: Path, argv: list[str]) -> int:
     probe.wrap(Accelerator, "prepare", "prepare (shard)")
     probe.wrap(Accelerator, "backward", "backward")
     probe.wrap(Accelerator, "get_state_dict", "gather for the final save")
-    before = _peak_rss_mib()
+    before = peak_rss() / 2**20
     code = main(argv)
     probe.running = False
     rank = os.environ.get("RANK", "0")
     phases = {name: round(peak / 2**20) for name, peak in sorted(probe.peak.items(), key=lambda kv: -kv[1])}
-    (report_dir / f"rank-{rank}.json").write_text(json.dumps({"peak_rss_mib": _peak_rss_mib(),
+    (report_dir / f"rank-{rank}.json").write_text(json.dumps({"peak_rss_mib": peak_rss() / 2**20,
                                                              "before_run_mib": before,
                                                              "anon_peak_mib_by_phase": phases}))
     return code
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(mode: str, model_dir: Path, out: Path, steps: int, mmap_threshold: int) -> dict:
     from bench_full_size import offline_overrides
+    from bench_sharded_projection import free_port
 
     launch = {"ddp": ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"],
               "fsdp2": ["--config_file", str(ROOT / "configs" / "fsdp2.yaml")]}[mode]
@@ -83,7 +72,7 @@ def measure(mode: str, model_dir: Path, out: Path, steps: int, mmap_threshold: i
     overrides += ["train.gradient_accumulation_steps=1", "train.mixed_precision=no",
                   f"train.checkpoint_every={max(1, steps - 1)}"]  # one sharded checkpoint is written
     command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", "2",
-               "--mixed_precision", "no", "--main_process_port", str(_free_port()), __file__, "--worker",
+               "--mixed_precision", "no", "--main_process_port", str(free_port()), __file__, "--worker",
                str(report_dir), "--recipe", "gpt2-small", "--stage", "sparsify", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if mmap_threshold:  # glibc otherwise keeps freed blocks, and the resident set shows old peaks

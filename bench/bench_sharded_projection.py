@@ -81,7 +81,7 @@ def _worker(rank: int, port: int, method: str, spec: tuple, results) -> None:
     dist.destroy_process_group()
 
 
-def _port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -90,7 +90,7 @@ def _port() -> int:
 def measure(method: str, spec: tuple) -> dict:
     context = mp.get_context("spawn")
     results = context.SimpleQueue()
-    mp.start_processes(_worker, args=(_port(), method, spec, results), nprocs=WORLD, start_method="spawn")
+    mp.start_processes(_worker, args=(free_port(), method, spec, results), nprocs=WORLD, start_method="spawn")
     ranks = sorted((results.get() for _ in range(WORLD)), key=lambda r: r["rank"])
     assert all(r["same_mask"] for r in ranks), f"{spec[0]}: the two methods' masks differ"
     return {"seconds": max(r["seconds"] for r in ranks), "peak_mib": max(r["peak_mib"] for r in ranks),

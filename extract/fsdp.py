@@ -17,7 +17,7 @@ parameter's rows across the processes. What that needs beyond data parallelism l
   expecting the backward to need them. After a forward without one (the teacher's, an evaluation's)
   they would stay gathered, and `model.parameters()` would list the gathered copies: a gradient
   rescale over those saw no gradients for 4 of GPT-2's 28 tensors. `reshard` puts them back.
-- A gathered state dict holds tied weights twice (`without_tied_copies`).
+- A gathered state dict holds tied weights as two copies (`retied`).
 """
 from __future__ import annotations
 
@@ -90,12 +90,13 @@ def held_share(model: torch.nn.Module) -> float:
     return held / max(total, 1)
 
 
-def without_tied_copies(model: torch.nn.Module, weights: dict) -> dict:
-    """A gathered state dict holds a tied parameter twice, as separate copies (GPT-2's wte and
-    lm_head), which save_pretrained cannot tell are tied: keep the first name only."""
-    first, drop = {}, set()
+def retied(model: torch.nn.Module, weights: dict) -> dict:
+    """A gathered state dict holds a tied parameter (GPT-2's wte and lm_head) as separate copies,
+    which save_pretrained, looking for shared storage, cannot tell are tied: point every name of a
+    tied parameter at one tensor again, and save_pretrained keeps the name the model expects."""
+    first = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            drop.add(name)
-        first.setdefault(id(param), name)
-    return {name: tensor for name, tensor in weights.items() if name not in drop}
+        main = first.setdefault(id(param), name)
+        if main != name and main in weights:
+            weights[name] = weights[main]
+    return weights

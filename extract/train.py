@@ -135,7 +135,7 @@ def heldout_metrics(model, heldout: torch.Tensor, teacher=None, batch_size: int 
         ce, kl = token_losses(model, (batch if n else heldout[:1]).to(device), teacher)
         sums += torch.tensor([float(ce) * n, float(kl or 0.0) * n, n], device=device)
     fsdp.reshard(model)
-    if accelerator is not None and accelerator.num_processes > 1:
+    if world > 1:
         sums = accelerator.reduce(sums, reduction="sum")
     model.train(was_training)
     result = {"loss": float(sums[0] / sums[2])}
@@ -434,7 +434,7 @@ def train(recipe: Recipe, accelerator: Accelerator) -> Path:
 
     # every process takes part: under FSDP the whole weights are gathered to the main process's CPU
     # memory, and the density counts every process's rows
-    weights = fsdp.without_tied_copies(raw_model, accelerator.get_state_dict(raw_model))
+    weights = fsdp.retied(raw_model, accelerator.get_state_dict(raw_model))
     achieved = measured_density(targets)[0] if targets else None
     if accelerator.is_main_process:
         with checkpoints.atomic_directory(final_dir) as scratch:

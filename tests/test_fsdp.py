@@ -39,6 +39,16 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _assert_same_weights(one_run, sharded_run) -> dict:
+    """The two runs' saved models: the same tensors, nonzero pattern and values within 1e-6."""
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (one_run, sharded_run))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name] != 0, b[name] != 0), f"{name}: nonzero pattern differs"
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    return b
+
+
 def test_fsdp_run_killed_and_resumed_ends_with_the_one_process_weights(write_recipe, tmp_path):
     # one process, 8 rows a step; two FSDP processes, 2 rows per micro-batch and 2 micro-batches each:
     # the same 8 rows (the seeded sampler's order), so the same mean gradient up to rounding
@@ -68,12 +78,8 @@ def test_fsdp_run_killed_and_resumed_ends_with_the_one_process_weights(write_rec
     state = json.loads((tmp_path / "fsdp" / "model" / "trainer_state.json").read_text())
     assert state["processes"] == 2 and state["distributed_type"] == "FSDP" and state["step"] == 40
 
-    a, b = load_file(tmp_path / "one" / "model" / "model.safetensors"), \
-        load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
-    assert a.keys() == b.keys()  # one plain checkpoint, the tied head not stored twice
-    for name in a:
-        assert torch.equal(a[name] != 0, b[name] != 0), f"{name}: nonzero pattern differs"
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    weights = _assert_same_weights(tmp_path / "one", tmp_path / "fsdp")
+    assert "lm_head.weight" not in weights  # one plain checkpoint, the tied head not stored twice
     logs = [[json.loads(line) for line in (tmp_path / run / "train_log.jsonl").read_text().splitlines()]
             for run in ("one", "fsdp")]
     held_out = [[r["heldout_loss"] for r in log if "heldout_loss" in r] for log in logs]
@@ -118,9 +124,4 @@ def test_fsdp_matches_one_process_on_a_llama_with_an_untied_head(write_recipe, t
     run_cli("--recipe", one, "--stage", "sparsify")
     proc = subprocess.run(_launch_fsdp(sharded), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = load_file(tmp_path / "one" / "model" / "model.safetensors"), \
-        load_file(tmp_path / "fsdp" / "model" / "model.safetensors")
-    assert a.keys() == b.keys() and "lm_head.weight" in b
-    for name in a:
-        assert torch.equal(a[name] != 0, b[name] != 0), f"{name}: nonzero pattern differs"
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    assert "lm_head.weight" in _assert_same_weights(tmp_path / "one", tmp_path / "fsdp")  # untied: its own
