@@ -236,6 +236,7 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     assert "no circuit reaches 0.15 (k_coef 0.003 tried)" in circuit_line("copy", "dense", alone.result, 0.15)
 
 
+
 def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():
     """Give the test split the opposite labels: a circuit chosen on validation must then look bad in
     every reported figure, which proves those figures are not read on the examples that chose it."""
@@ -362,3 +363,18 @@ def test_necessity_is_half_of_ln2_with_the_circuit_ablated(model, blocks, monkey
     monkeypatch.setattr(checks, "count_edges", lambda model, gates: 0)
     result = checks.check_circuit(model, mask, gates, [], target=0.15, random_draws=0)
     assert result["sufficient"] and result["necessary"] is necessary
+
+
+def test_a_circuit_file_naming_nodes_the_model_lacks_is_refused_by_name():
+    from extract.circuits.files import CircuitFileError, gates_from_record
+    from extract.errors import UserError
+
+    widths = {"0.attn_in": 8, "0.mlp": 37, "1.mlp": 37}
+    gates = gates_from_record({"nodes": {"0.mlp": [0, 36]}}, widths, "circuits/quotes.sparse.json")
+    assert gates["0.mlp"].nonzero().flatten().tolist() == [0, 36] and not gates["1.mlp"].any()
+    with pytest.raises(CircuitFileError, match=r"circuits/quotes.sparse.json: nodes: site '5.mlp' is not in this "
+                                               r"model, whose sites are layers 0-1 of attn_in, q, k"):
+        gates_from_record({"nodes": {"5.mlp": [1]}}, widths, "circuits/quotes.sparse.json")
+    with pytest.raises(UserError, match=r"quotes.sparse.json: nodes: site '1.mlp' has 37 nodes .* names node 40"):
+        gates_from_record({"nodes": {"1.mlp": [3, 40]}}, widths, "circuits/quotes.sparse.json")
+

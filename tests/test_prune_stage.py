@@ -57,7 +57,7 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     assert len(record["edges"]) == circuit["edges"]
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     sites = node_sites(model)
-    gates = gates_from_record(record, {s.key: s.width for s in sites})
+    gates = gates_from_record(record, {s.key: s.width for s in sites}, str(files[0]))
     assert int(sum(g.sum() for g in gates.values())) == circuit["nodes"]
     mask = NodeMask(sites, load_file(out / "circuits" / record["means_file"]))
     recipe, _ = load_recipe(str(out / "recipe.yaml"))

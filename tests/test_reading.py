@@ -133,9 +133,10 @@ def test_descriptions_match_an_independent_reading_of_the_model(run):
         assert float(values.mean()) == pytest.approx(expected["mean"], abs=1e-3)
         assert float(values.std()) == pytest.approx(expected["std"], abs=1e-3)
 
-    # pushed tokens: an MLP neuron's row of c_proj through the tied unembedding
+    # pushed tokens: an MLP neuron's row of c_proj, centred and scaled by ln_f, through the tied unembedding
     neuron = record["nodes"]["0.mlp"][0]
-    effect = gpt2.transformer.h[0].mlp.c_proj.weight[neuron] @ gpt2.transformer.wte.weight.t()
+    row = gpt2.transformer.h[0].mlp.c_proj.weight[neuron]
+    effect = ((row - row.mean()) * gpt2.transformer.ln_f.weight) @ gpt2.transformer.wte.weight.t()
     assert [t for t, _ in described[f"0.mlp:{neuron}"]["logits"]["up"]] == [
         tokenizer.decode([int(i)]) for i in effect.topk(5).indices]
 
@@ -242,3 +243,47 @@ def test_the_html_report_shows_every_circuit_and_a_nodes_description_in_chromium
         assert errors == []
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("variant", ["gpt2", "llama"])
+def test_pushed_tokens_go_through_the_final_norm_and_its_sign(variant):
+    """A residual channel's pushed tokens are its unembedding column times the final norm's gain: a
+    negative gain swaps up and down. A neuron's row is scaled channel by channel, which reorders its
+    tokens (and GPT-2's LayerNorm centres it first)."""
+    from transformers import AutoTokenizer
+
+    from extract.arch import node_sites
+    from extract.circuits.describe import _logit_effects
+    from extract.paths import TOKENIZER_DIR
+    from tests.families import D_MODEL, tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+    model = tiny_model(variant, vocab_size=len(tokenizer))
+    final_norm = model.transformer.ln_f if variant == "gpt2" else model.model.norm
+    if variant == "gpt2":  # (neurons, d_model): each neuron's write
+        down_proj = model.transformer.h[1].mlp.c_proj.weight
+    else:
+        down_proj = model.model.layers[1].mlp.down_proj.weight.t()
+    order = torch.randperm(D_MODEL, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        final_norm.weight.copy_(torch.linspace(-2.0, 3.0, D_MODEL)[order])
+    gain, unembed = final_norm.weight.detach(), model.get_output_embeddings().weight.detach()
+    sites = [s for s in node_sites(model) if s.key in ("1.attn_out", "1.mlp")]
+    negative = int(torch.nonzero(gain < -0.5)[0])
+    kept = {"1.attn_out": torch.tensor([negative]), "1.mlp": torch.tensor([0, 5])}
+    described = _logit_effects(model, sites, kept, tokenizer)
+
+    def top(effect):
+        return [tokenizer.decode([int(i)]) for i in effect.topk(5).indices]
+
+    def through_the_final_norm(write):  # a residual direction, as the unembedding reads it
+        return unembed @ ((write - write.mean() if variant == "gpt2" else write) * gain)
+
+    channel = torch.zeros(D_MODEL)
+    channel[negative] = 1.0
+    assert [t for t, _ in described[f"1.attn_out:{negative}"]["up"]] == top(through_the_final_norm(channel))
+    assert [t for t, _ in described[f"1.attn_out:{negative}"]["down"]] == top(-through_the_final_norm(channel))
+    if variant == "llama":  # no centring: the negative gain alone swaps the column's tokens
+        assert [t for t, _ in described[f"1.attn_out:{negative}"]["up"]] == top(-unembed[:, negative])
+    for neuron in (0, 5):
+        assert [t for t, _ in described[f"1.mlp:{neuron}"]["up"]] == top(through_the_final_norm(down_proj[neuron]))

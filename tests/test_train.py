@@ -282,6 +282,53 @@ def test_token_losses_are_cross_entropy_and_kl_to_the_teacher(tiny_model_dir):
     assert token_losses(model, ids)[1] is None
 
 
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in model whose logits are given: one position per row of `logits`, any input ids."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([logits]).log())
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits)
+
+
+def test_the_distillation_loss_is_kl_from_the_teacher_to_the_student():
+    """Far-apart distributions, where the two directions of KL differ (near each other, as random
+    models are, they agree to second order): teacher (0.9, 0.1), student (0.5, 0.5) gives
+    KL(teacher || student) = 0.368 and KL(student || teacher) = 0.511. Its gradient in the student's
+    logits is student - teacher."""
+    from extract.train import token_losses
+
+    student = _FixedLogits([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])  # two positions are scored, the last is not
+    teacher = _FixedLogits([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])
+    _, kl = token_losses(student, torch.tensor([[0, 1, 0]]), teacher=teacher)
+    assert float(kl.detach()) == pytest.approx(0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5), rel=1e-5)
+    kl.backward()
+    expected = torch.tensor([[[0.5 - 0.9, 0.5 - 0.1]] * 2 + [[0.0, 0.0]]]) / 2  # a mean over two positions
+    torch.testing.assert_close(student.logits.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_each_document_key_lands_on_one_side_of_the_split(tmp_path):
+    """A file cut into several rows (one key, different texts) is wholly train or wholly held out, and
+    every row is on exactly one side: held-out text never leaks into training."""
+    from extract.data import CorpusSpec, is_heldout, load_text_splits
+
+    corpus = tmp_path / "chunks.jsonl"
+    rows = [{"path": f"pkg/module{i}.py", "text": f"# part {part} of module {i}\nx = {i * 10 + part}\n"}
+            for i in range(40) for part in range(3)]
+    corpus.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    splits = load_text_splits(CorpusSpec(dataset=str(corpus), key_column="path", heldout_fraction=0.4))
+    train, heldout = list(splits["train"]), list(splits["heldout"])
+    assert sorted(r["text"] for r in train + heldout) == sorted(r["text"] for r in rows)
+    train_keys, heldout_keys = {r["path"] for r in train}, {r["path"] for r in heldout}
+    assert train_keys and heldout_keys and not train_keys & heldout_keys
+    assert all(is_heldout(key, 0.4) for key in heldout_keys) and not any(is_heldout(k, 0.4) for k in train_keys)
+
+
 @pytest.fixture
 def accelerate_state():
     """Accelerate's process state, which its optimizer wrapper reads; reset after the test."""

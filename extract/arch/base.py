@@ -38,7 +38,6 @@ class Site:
     start: int = 0  # the channels are [start, start + width) ...
     positions: tuple[int, ...] | None = None  # ... or these, in node order
     on_input: bool = False  # hook the module's input rather than its output (Llama's neurons feed down_proj)
-    flatten: int = 1  # trailing axes that together hold the channels (Qwen3's q_norm output is heads x head_dim)
 
     @property
     def key(self) -> str:
@@ -94,6 +93,7 @@ class Family:
     model_types: tuple[str, ...]
     sites: Callable[[torch.nn.Module], list[Site]]
     edge_matrices: Callable[[torch.nn.Module], list[EdgeMatrix]]
+    final_norm: str  # the norm between the last residual stream and the unembedding
     # Sparsified like the token embedding (no per-unit minimum), beside the input and output
     # embeddings that every family has: GPT-2's learned position embedding.
     extra_embeddings: tuple[str, ...] = ()

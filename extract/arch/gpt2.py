@@ -37,4 +37,5 @@ def edge_matrices(model) -> list[EdgeMatrix]:
     return out
 
 
-FAMILY = Family("gpt2", ("gpt2",), sites, edge_matrices, extra_embeddings=("transformer.wpe.weight",))
+FAMILY = Family("gpt2", ("gpt2",), sites, edge_matrices, "transformer.ln_f",
+                extra_embeddings=("transformer.wpe.weight",))

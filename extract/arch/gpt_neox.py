@@ -58,4 +58,4 @@ def edge_matrices(model) -> list[EdgeMatrix]:
     return out
 
 
-FAMILY = Family("gpt_neox", ("gpt_neox",), sites, edge_matrices)
+FAMILY = Family("gpt_neox", ("gpt_neox",), sites, edge_matrices, "gpt_neox.final_layer_norm")

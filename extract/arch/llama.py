@@ -1,8 +1,10 @@
 """The Llama layout (`llama`, `mistral`, `qwen2`, `qwen3`): nn.Linear weights stored (out, in),
 separate q/k/v projections with grouped-query attention, RMSNorm, a SwiGLU MLP and rotary positions.
 
-Qwen2 adds q/k/v biases (they stay dense, like every bias); Qwen3 adds a per-head RMSNorm on q and
-k, and its q and k nodes are that norm's output: what attention reads, before rotary. A SwiGLU
+Qwen2 adds q/k/v biases (they stay dense, like every bias). Qwen3 adds a per-head RMSNorm on q and
+k; its q and k nodes are that norm's input, the projections' outputs as on every model of this
+layout. The norm's RMS mixes every channel of a head, so a node after it would move when a weight
+feeding another channel of its head moved: its edges would not be the whole of what it reads. A SwiGLU
 neuron is act(gate) * up, the input of `down_proj`, so a neuron reads each residual channel through
 two weights (gate and up): two edges. A value channel reaches the attention write once per query
 head of its group (docs/architectures.md).
@@ -22,17 +24,14 @@ def _shape(model):
 
 def sites(model) -> list[Site]:
     layers, d, n_q, n_kv, head_dim, d_mlp = _shape(model)
-    qk_norm = hasattr(model.model.layers[0].self_attn, "q_norm")
     out = []
     for layer in range(layers):
         block = f"model.layers.{layer}"
         attn = f"{block}.self_attn"
-        q, k = (f"{attn}.q_norm", f"{attn}.k_norm") if qk_norm else (f"{attn}.q_proj", f"{attn}.k_proj")
-        heads = 2 if qk_norm else 1  # the norms return (..., heads, head_dim)
         out += [
             Site(layer, "attn_in", f"{block}.input_layernorm", d),
-            Site(layer, "q", q, n_q * head_dim, flatten=heads),
-            Site(layer, "k", k, n_kv * head_dim, flatten=heads),
+            Site(layer, "q", f"{attn}.q_proj", n_q * head_dim),  # before Qwen3's q_norm and rotary
+            Site(layer, "k", f"{attn}.k_proj", n_kv * head_dim),
             Site(layer, "v", f"{attn}.v_proj", n_kv * head_dim),
             Site(layer, "attn_out", attn, d),
             Site(layer, "mlp_in", f"{block}.post_attention_layernorm", d),
@@ -65,4 +64,4 @@ def edge_matrices(model) -> list[EdgeMatrix]:
     return out
 
 
-FAMILY = Family("llama", ("llama", "mistral", "qwen2", "qwen3"), sites, edge_matrices)
+FAMILY = Family("llama", ("llama", "mistral", "qwen2", "qwen3"), sites, edge_matrices, "model.norm")

@@ -6,7 +6,7 @@ For every kept node:
 - `sides`: its value at the last token on each side of the task's pairs (which of its two answers, in
   text order, is correct), and how far apart the two sides are in pooled standard deviations;
 - `logits` (residual writes and MLP neurons): the tokens its write pushes up and down most through the
-  unembedding (the direct path; the final norm's per-channel gain does not change one channel's order);
+  final norm's gain (and LayerNorm's centering) and the unembedding: the direct path, to first order;
 - `attention` (q and k channels): where the node's head looks from the last token, with only the
   circuit kept;
 - `effect`: how much the task loss would rise with the node alone removed from the circuit (first order);
@@ -184,22 +184,33 @@ def _sides(kept, last_values: dict[str, torch.Tensor], examples: list[TaskExampl
     return out
 
 
+def _through_final_norm(model, writes: torch.Tensor) -> torch.Tensor:
+    """Residual-stream directions (n, d_model) as the unembedding sees them, to first order: centred
+    where the final norm is a LayerNorm, then times its per-channel gain. A channel's gain can be
+    negative, which swaps the tokens it pushes up and down."""
+    norm = model.get_submodule(family_of(model).final_norm)
+    if isinstance(norm, torch.nn.LayerNorm):
+        writes = writes - writes.mean(-1, keepdim=True)
+    return writes * norm.weight.detach().float().to(writes.device)
+
+
 def _logit_effects(model, chosen, kept, tokenizer) -> dict[str, dict]:
     """For residual writes (one residual channel) and MLP neurons (their output projection's row), the
-    tokens whose logits the node's write raises and lowers most through the unembedding."""
+    tokens whose logits the node's write raises and lowers most through the final norm and the unembedding."""
     unembed = model.get_output_embeddings().weight.detach().float()  # (vocab, d_model)
     params = dict(model.named_parameters())
     writers = {m.inputs[0]: m for m in family_of(model).edge_matrices(model)
                if len(m.inputs) == 1 and m.inputs[0].endswith(".mlp")}
+    identity = torch.eye(unembed.shape[1], device=unembed.device)
     out = {}
     for site in chosen:
-        if site.name in WRITES:
-            directions = unembed[:, kept[site.key].to(unembed.device)].t()  # (kept, vocab)
-        elif site.name == "mlp" and site.key in writers:
-            rows = in_out_weight(writers[site.key], params).float()[kept[site.key].to(unembed.device)]
-            directions = rows @ unembed.t()
+        if site.name in WRITES:  # one residual channel each
+            writes = identity[kept[site.key].to(unembed.device)]
+        elif site.name == "mlp" and site.key in writers:  # the output projection's row of each neuron
+            writes = in_out_weight(writers[site.key], params).float()[kept[site.key].to(unembed.device)]
         else:
             continue
+        directions = _through_final_norm(model, writes) @ unembed.t()  # (kept, vocab)
         for index, effect in zip(kept[site.key].tolist(), directions.cpu()):
             up, down = effect.topk(TOP_TOKENS), (-effect).topk(TOP_TOKENS)
             out[node_id(site.key, index)] = {

@@ -10,7 +10,9 @@ from pathlib import Path
 import torch
 
 from extract import checkpoints
+from extract.arch import SITE_NAMES
 from extract.circuits.edges import list_edges
+from extract.errors import UserError
 from extract.recipe import PruneConfig
 from extract.tasks.examples import TaskExample
 
@@ -57,11 +59,23 @@ def test_examples(record: dict) -> list[TaskExample]:
     return [TaskExample(tuple(prompt), target, alternative) for prompt, target, alternative in record["test_examples"]]
 
 
-def gates_from_record(record: dict, site_widths: dict[str, int]) -> dict[str, torch.Tensor]:
-    """0/1 gates for every site from a circuit file's node lists (sites it omits are all off)."""
+class CircuitFileError(UserError, ValueError):
+    """A circuit file whose nodes the model it is applied to does not have."""
+
+
+def gates_from_record(record: dict, site_widths: dict[str, int], source: str) -> dict[str, torch.Tensor]:
+    """0/1 gates for every site from a circuit file's node lists (sites it omits are all off).
+    `source` names the file in errors."""
     gates = {key: torch.zeros(width) for key, width in site_widths.items()}
     for key, indices in (record.get("nodes") or {}).items():
         if key not in gates:
-            raise KeyError(f"circuit names site {key!r}, which this model does not have")
+            layers = sorted({int(k.split(".")[0]) for k in site_widths})
+            raise CircuitFileError(f"{source}: nodes: site {key!r} is not in this model, whose sites are "
+                                   f"layers {layers[0]}-{layers[-1]} of {', '.join(SITE_NAMES)} (was the circuit "
+                                   "found on another model?)")
+        outside = [i for i in indices if not 0 <= i < site_widths[key]]
+        if outside:
+            raise CircuitFileError(f"{source}: nodes: site {key!r} has {site_widths[key]} nodes in this model; "
+                                   f"the file names node {outside[0]}")
         gates[key][indices] = 1.0
     return gates

@@ -66,7 +66,8 @@ class Circuit:
         return self.record.get("descriptions") or {}
 
     def gates(self) -> dict[str, torch.Tensor]:
-        return gates_from_record(self.record, {site.key: site.width for site in self.mask.sites})
+        return gates_from_record(self.record, {site.key: site.width for site in self.mask.sites},
+                                 f"{CIRCUITS_DIRNAME}/{circuit_file(self.task, self.role)}")
 
     @contextmanager
     def active(self):
@@ -140,4 +141,5 @@ def load_circuit(repo_or_dir: str | Path, task: str, model: str = "sparse", *, r
     means = load_file(files.path(f"{CIRCUITS_DIRNAME}/{record['means_file']}"))
     mask = NodeMask(node_sites(net), means)
     circuit = Circuit(task, model, record, net, load_tokenizer(cfg), mask, test_examples(record))
+    circuit.gates()  # a file whose nodes this model does not have is refused now, by name
     return circuit.to(device)

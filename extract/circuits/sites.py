@@ -30,7 +30,6 @@ def _replace_main_output(output, tensor):
 
 def _channel_editor(sites: list[Site], edit):
     """x -> x with each site's channels replaced by `edit(site, channels)`, for the sites of one hook."""
-    flatten = sites[0].flatten
     ordered = sorted(sites, key=lambda s: s.start)
     positions: dict[tuple[str, torch.device], torch.Tensor] = {}  # index tensors, made once per device
 
@@ -40,9 +39,6 @@ def _channel_editor(sites: list[Site], edit):
         return positions[site.key, device]
 
     def rewrite(x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        if flatten > 1:
-            x = x.flatten(-flatten)
         if all(s.is_slice for s in ordered):  # one concatenation of untouched and edited slices
             pieces, cursor = [], 0
             for site in ordered:
@@ -54,7 +50,7 @@ def _channel_editor(sites: list[Site], edit):
             for site in ordered:
                 where = index(site, x.device)
                 x = x.index_copy(-1, where, edit(site, x.index_select(-1, where)))
-        return x.reshape(shape)
+        return x
 
     return rewrite
 

@@ -315,7 +315,7 @@ def _add_missing_descriptions(path: Path, entry: PrunedModel, sites, means, bloc
     record = read_circuit(path)
     if "descriptions" in record or not record.get("nodes"):
         return
-    gates = gates_from_record(record, {s.key: s.width for s in sites})
+    gates = gates_from_record(record, {s.key: s.width for s in sites}, str(path))
     record["descriptions"] = _describe(entry, sites, means, gates, blocks, data)
     write_circuit(path, record)
 
