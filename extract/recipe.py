@@ -127,6 +127,9 @@ class PruneConfig:
     # Tried in order when the mask trained at k_coef misses the target on a task the model solves: a
     # high penalty can switch off a node the task needs early, before the task loss feels it.
     k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4])
+    # The penalty rises linearly from 0 over this fraction of the steps, so nodes leave in order of
+    # importance instead of all at once on a task the model solves almost perfectly (docs/circuits.md)
+    k_coef_ramp: float = 0.5
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     # Three disjoint splits per task: the mask learns on train, bisection picks the size on validation,
@@ -306,6 +309,7 @@ def validate(recipe: Recipe) -> None:
         _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
     _check(p.lr > 0 and math.isfinite(p.lr), "prune.lr", "must be a positive number", p.lr)
     _check(p.k_coef >= 0, "prune.k_coef", "must be >= 0", p.k_coef)
+    _check(0 <= p.k_coef_ramp <= 1, "prune.k_coef_ramp", "must be in [0, 1]", p.k_coef_ramp)
     _check(p.weight_decay >= 0, "prune.weight_decay", "must be >= 0", p.weight_decay)
     _check(p.random_draws >= 0, "prune.random_draws", "must be >= 0", p.random_draws)
     _check(p.validation_margin_se >= 0 and math.isfinite(p.validation_margin_se), "prune.validation_margin_se",

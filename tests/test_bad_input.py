@@ -62,7 +62,7 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "train.log_every": -1, "data.block_size": 1, "data.heldout_blocks": 0, "data.heldout_fraction": 1.0,
     "eval.quote_examples": -1, "prune.target_loss": 0.7, "prune.steps": 0, "prune.batch_size": 0,
     "prune.train_pairs": 0, "prune.validation_pairs": 0, "prune.test_pairs": 0, "prune.mean_blocks": 0,
-    "prune.local_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.weight_decay": -1,
+    "prune.local_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.k_coef_ramp": 1.5, "prune.weight_decay": -1,
     "prune.random_draws": -1, "prune.validation_margin_se": -1, "prune.k_coef_fallbacks": [-1],
     "hub.repo_id": "no-namespace",
 }

@@ -212,9 +212,10 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     from extract.recipe import PruneConfig
 
     model, sites, means, task = copy_task()
-    # On this model a penalty of 3e-3 switches all but 3 nodes off within 40 steps, before the task
-    # loss can hold the needed ones on, and 1e-3 ends near 50 nodes at task loss ~1; 3e-4 works.
-    too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[],
+    # On this model a penalty of 3e-3 at full strength from the first step (no ramp) switches all but 3
+    # nodes off within 40 steps, before the task loss can hold the needed ones on, and 1e-3 ends near 50
+    # nodes at task loss ~1; 3e-4 works.
+    too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[], k_coef_ramp=0.0,
                            nonsense_control=False, attribution_baseline=False)
     alone = find_circuit(model, sites, means, task, too_high)
     assert alone.result["solved"] and alone.result["circuit"] is None and not alone.result["reached_target"]
@@ -236,6 +237,35 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     assert "no circuit reaches 0.15 (k_coef 0.003 tried)" in circuit_line("copy", "dense", alone.result, 0.15)
 
 
+
+@pytest.mark.parametrize("ramp, working", [(0.0, False), (0.5, True)])
+def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfectly(quote_model, ramp, working):
+    """The quote model solves its task to a loss of 1e-4, so every node's task gradient starts far below
+    the penalty's. At full strength from the first step the whole mask switches off within a few steps
+    and stays broken (measured: 22-31 nodes, task loss 3-6); ramped in over half the steps, nodes leave
+    in order of importance and the mask keeps doing the task (about 200 nodes, loss mostly under 0.04)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from extract.circuits.prune import penalty_weight, train_mask
+    from extract.recipe import PruneConfig
+    from extract.tasks.jsonl import load_task_file
+
+    assert [penalty_weight(step, 80, 0.5) for step in (0, 20, 40, 79)] == [0.0, 0.5, 1.0, 1.0]
+    assert penalty_weight(0, 80, 0.0) == 1.0
+    model_dir, task_file = quote_model
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    examples = load_task_file(task_file, AutoTokenizer.from_pretrained(model_dir), max_context=64)
+    sites = node_sites(model)
+    means = site_means(model, sites, torch.randint(0, model.config.vocab_size, (8, 32),
+                                                   generator=torch.Generator().manual_seed(0)))
+    torch.manual_seed(0)
+    mask = NodeMask(sites, means)
+    losses = []
+    train_mask(model, mask, examples, PruneConfig(steps=80, batch_size=32, lr=0.05, k_coef=1e-3, k_coef_ramp=ramp),
+               on_step=lambda step, task_loss, kept: losses.append(task_loss))
+    late = sum(losses[-10:]) / 10
+    assert (late < 0.15) == working, f"mean task loss over the last 10 mask steps: {late:.3f}"
+    assert (int((mask.flat_taus() > 0).sum()) > 100) == working
 
 def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():
     """Give the test split the opposite labels: a circuit chosen on validation must then look bad in

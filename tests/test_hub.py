@@ -21,8 +21,9 @@ from tests.hub_server import serve_in_thread
 
 TOKEN = "hf_testTOKENthatMustNeverBePrinted0123456789"
 REPO = "user/tiny-run"
+# The default fallback penalties stay on: these tests are about publishing, so they prune as a user would
 PRUNE = ["prune.steps=60", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8", "prune.random_draws=3",
-         "prune.nonsense_control=false", "prune.attribution_baseline=false", "prune.k_coef_fallbacks=[]"]
+         "prune.nonsense_control=false", "prune.attribution_baseline=false"]
 
 
 class Hub:

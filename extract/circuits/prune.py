@@ -1,7 +1,8 @@
 """Learn a node mask for a task, then bisect for the smallest circuit that reaches the target loss.
 
 Objective (METHOD.md section 3): two-way task loss + k_coef * (kept nodes), with Heaviside gates
-and a sigmoid straight-through gradient, AdamW, tau clamped to [-1, 1] after every step. The
+and a sigmoid straight-through gradient, AdamW, tau clamped to [-1, 1] after every step. The penalty
+is ramped in over the first `prune.k_coef_ramp` of the steps (`penalty_weight`). The
 discrete circuit is the top-k nodes by tau, with k bisected inside the set the
 trained mask kept. The mask trains on the task's train split and bisection reads the validation
 split; the test split is left for the checks (find.py).
@@ -18,6 +19,17 @@ from extract.recipe import PruneConfig
 from extract.tasks.examples import TaskExample, two_way_loss, two_way_scores
 
 
+def penalty_weight(step: int, steps: int, ramp: float) -> float:
+    """The share of k_coef a mask step pays: rising linearly from 0 over the first `ramp` of the steps.
+
+    With the full penalty from the first step, a model that solves the task almost perfectly (task
+    loss 1e-4) gives every node a task gradient far below the penalty's; Adam's steps then carry every
+    tau down together, the whole mask switches off in two steps, and whether it recovers depends on
+    the machine's rounding. Ramped in, the penalty first exceeds the task gradient of the nodes that
+    matter least, so nodes leave in order of importance (docs/circuits.md: measured)."""
+    return 1.0 if ramp <= 0 else min(1.0, step / (ramp * steps))
+
+
 def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneConfig, on_step=None) -> NodeMask:
     """Optimise the mask's taus with the model frozen and in eval mode (GPT-2 configs carry dropout)."""
     model.eval().requires_grad_(False)
@@ -30,7 +42,7 @@ def train_mask(model, mask: NodeMask, examples: list[TaskExample], cfg: PruneCon
             batch = rng.sample(examples, min(cfg.batch_size, len(examples)))
             task_loss = two_way_loss(model, batch)[0].mean()
             kept = mask.kept()
-            loss = task_loss + cfg.k_coef * kept
+            loss = task_loss + cfg.k_coef * penalty_weight(step, cfg.steps, cfg.k_coef_ramp) * kept
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
