@@ -30,26 +30,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def worker(report_dir: Path, argv: list[str]) -> int:
-    """Run under `accelerate launch`: the command line with the training loop's phases wrapped, then
-    this process's peaks to a file."""
+    """Run under `accelerate launch`: the command line, its training loop's phases measured, then this
+    process's peaks to a file."""
     import torch  # noqa: F401  (the imports count as the baseline)
-    from accelerate import Accelerator
     from bench_full_size import Probe, peak_rss
 
-    import extract.train as train_module
     from extract.run import main
 
     probe = Probe(cuda=False)
-    for name, phase in [("load_model", "load model"), ("prepare_data", "tokenise and pack data"),
-                        ("heldout_metrics", "held-out evaluation"), ("token_losses", "forward and loss"),
-                        ("apply_gradients", "optimizer step"), ("project_", "projection"),
-                        ("_save_checkpoint", "checkpoint")]:
-        probe.wrap(train_module, name, phase)
-    probe.wrap(Accelerator, "prepare", "prepare (shard)")
-    probe.wrap(Accelerator, "backward", "backward")
-    probe.wrap(Accelerator, "get_state_dict", "gather for the final save")
     before = peak_rss() / 2**20
-    code = main(argv)
+    code = main(argv, phase=probe.phase)  # the training loop's phases, through its hook
     probe.running = False
     rank = os.environ.get("RANK", "0")
     phases = {name: round(peak / 2**20) for name, peak in sorted(probe.peak.items(), key=lambda kv: -kv[1])}

@@ -12,10 +12,10 @@ weights, the frozen teacher, Adam's two moments and the gradients need; mean-est
 step time; node count; edge-count time; and an estimate of the whole recipe on one H100, with how it
 is derived.
 
-Phases are timed by wrapping the functions the loop calls. On a CPU, memory is the anonymous
-resident set sampled every millisecond (the sampler costs about 4% of step time) and the kernel's
-exact peak resident set; on a GPU, torch's allocator peak. Run it alone: two torch jobs side by side
-on 2 cores slow each other several-fold.
+Phases are timed through the training loop's phase hook (`extract.train.train(..., phase=...)`). On
+a CPU, memory is the anonymous resident set sampled every millisecond (the sampler costs about 4% of
+step time) and the kernel's exact peak resident set; on a GPU, torch's allocator peak. Run it alone:
+two torch jobs side by side on 2 cores slow each other several-fold.
 """
 from __future__ import annotations
 
@@ -38,10 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
-from accelerate import Accelerator  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-import extract.train as train_module  # noqa: E402
 from extract.arch import node_sites  # noqa: E402
 from extract.circuits.edges import count_edges  # noqa: E402
 from extract.circuits.masks import NodeMask  # noqa: E402
@@ -51,6 +49,7 @@ from extract.models import load_model, load_tokenizer  # noqa: E402
 from extract.recipe import load_recipe  # noqa: E402
 from extract.tasks.builtin import builtin_task  # noqa: E402
 from extract.testing import write_gpt2_tokenizer  # noqa: E402
+from extract.train import make_accelerator, resolve_precision, train  # noqa: E402
 
 # A random model of each Hub recipe's checkpoint, by its config's sizes. The GPT-2 tokenizer stands in
 # for every model's own (none can be downloaded here), so SmolLM2's vocabulary is 50257, not 49152.
@@ -129,15 +128,6 @@ class Probe:
             self.seconds.setdefault(name, []).append(time.perf_counter() - start)
             self.stack.pop()
 
-    def wrap(self, owner, attribute: str, name: str):
-        real = getattr(owner, attribute)
-
-        def wrapped(*args, **kwargs):
-            with self.phase(name):
-                return real(*args, **kwargs)
-
-        setattr(owner, attribute, wrapped)
-
     def process_peak(self) -> int:
         """The highest `now()` seen so far (on a CPU sampled, so short spikes can be missed)."""
         if self.cuda:
@@ -163,25 +153,19 @@ def build_model(recipe_name: str, model_dir: Path) -> int:
 
 
 def sparsify(recipe, probe: Probe) -> dict:
-    """The real training loop with its phases wrapped; returns step times and the projection's."""
+    """The real training loop, timed through its phase hook; returns step times and the projection's."""
     step_ends: list[float] = []
-    real_project = train_module.project_
 
-    def project_and_mark(*args, **kwargs):
-        with probe.phase("projection"):
-            real_project(*args, **kwargs)
-        step_ends.append(time.perf_counter())
+    @contextlib.contextmanager
+    def phase(name: str):
+        with probe.phase(name):
+            yield
+        if name == "projection":  # a step ends with its projection
+            step_ends.append(time.perf_counter())
 
-    probe.wrap(train_module, "load_model", "load model")
-    probe.wrap(train_module, "prepare_data", "tokenise and pack data")
-    probe.wrap(train_module, "heldout_metrics", "held-out evaluation")
-    probe.wrap(train_module, "token_losses", "forward and loss")
-    probe.wrap(Accelerator, "backward", "backward")
-    probe.wrap(train_module, "apply_gradients", "optimizer step")
-    train_module.project_ = project_and_mark
-    accelerator = train_module.make_accelerator(recipe)
+    accelerator = make_accelerator(recipe)
     start = time.perf_counter()
-    train_module.train(recipe, accelerator)
+    train(recipe, accelerator, phase=phase)
     accelerator.free_memory()  # it holds the model and optimizer: let them go before pruning
     gc.collect()
     steps = [b - a for a, b in zip(step_ends, step_ends[1:])]  # projection end to projection end
@@ -190,7 +174,7 @@ def sparsify(recipe, probe: Probe) -> dict:
 
 
 def prune(model_dir: Path, recipe, mask_steps: int, mean_blocks: int, device: torch.device, probe: Probe) -> dict:
-    from extract.train import prepare_heldout
+    from extract.data import prepare_heldout
 
     cfg = recipe.prune
     tokenizer = load_tokenizer(recipe.model)
@@ -288,7 +272,7 @@ def main():
         results = {"recipe": args.recipe, "device": device_name, "torch": torch.__version__, "params": params,
                    "batch_size": args.batch_size, "block_size": recipe.data.block_size, "compile": args.compile,
                    "gradient_checkpointing": args.gradient_checkpointing,
-                   "precision": train_module.resolve_precision(recipe.train.mixed_precision),
+                   "precision": resolve_precision(recipe.train.mixed_precision),
                    "sparsify": sparsify(recipe, probe)}
         sparsify_peak, sparsify_rss = probe.process_peak(), peak_rss()
         results["prune"] = prune(model_dir, recipe, args.mask_steps, args.mean_blocks, device, probe)

@@ -35,58 +35,49 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 from default_runs import machine  # noqa: E402
 
-from extract.arch import sparse_tensors  # noqa: E402
 from extract.circuits.find import TaskData, find_circuit  # noqa: E402
 from extract.circuits.masks import NodeMask  # noqa: E402
 from extract.circuits.sites import node_sites, site_means  # noqa: E402
+from extract.data import prepare_data  # noqa: E402
 from extract.losses import token_losses  # noqa: E402
 from extract.models import load_model, load_tokenizer  # noqa: E402
 from extract.recipe import load_recipe  # noqa: E402
-from extract.sparsity import (  # noqa: E402
-    density_at,
-    project_,
-    scheduled_densities,
-    sharkfin_factor,
-    tensor_targets,
-)
+from extract.sparsifier import Sparsifier  # noqa: E402
 from extract.tasks.builtin import builtin_task  # noqa: E402
 from extract.tasks.examples import two_way_loss  # noqa: E402
-from extract.train import _optimizer, apply_gradients, prepare_data  # noqa: E402
+from extract.train import apply_gradients, build_optimizer  # noqa: E402
 
 TASK = "while_return_true"  # the task every README run compares
 
 
 class Student:
-    """One student with its own optimizer; `machinery` adds the schedules and the projection."""
+    """One student with its own optimizer; `machinery` adds the sparsifier (schedules and projection),
+    the training loop's own (extract/sparsifier.py), over a run of `steps` steps."""
 
-    def __init__(self, dense, recipe, machinery: bool, compile_: bool):
+    def __init__(self, dense, recipe, machinery: bool, compile_: bool, steps: int):
         self.recipe, self.machinery = recipe, machinery
         self.model = copy.deepcopy(dense).train().requires_grad_(True)
         self.forward = torch.compile(self.model) if compile_ else self.model
-        self.optimizer = _optimizer(self.model, recipe, torch.device("cpu"))
+        self.optimizer = build_optimizer(self.model, recipe.optim, torch.device("cpu"))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        s = recipe.sparsity
-        self.targets = sparse_tensors(self.model, s.embeddings)
-        self.finals = tensor_targets(self.targets, s.target_density, s.embedding_density)
+        self.sparsifier = Sparsifier(self.model, recipe.sparsity, steps)
         self.projection_seconds = 0.0  # of the last step
 
-    def step(self, batch, teacher, progress: float) -> float:
-        """One training step at `progress` (0-1) through the run; returns its wall seconds."""
+    def step(self, batch, teacher, step: int) -> float:
+        """Training step `step` of the run; returns its wall seconds."""
         start = time.perf_counter()
-        recipe, s = self.recipe, self.recipe.sparsity
-        lr = recipe.optim.lr
-        if self.machinery:
-            density = density_at(progress, s.target_density, s.anneal_fraction, s.anneal_shape)
-            lr *= sharkfin_factor(density, s.target_density, s.sharkfin_power)
+        lr = self.recipe.optim.lr
+        densities = self.sparsifier.before_step(step) if self.machinery else None
+        if densities is not None:
+            lr *= densities.lr_factor
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         _, kl = token_losses(self.forward, batch, teacher)
         kl.backward()
-        apply_gradients(self.optimizer, self.params, recipe.optim)
-        if self.machinery:
+        apply_gradients(self.optimizer, self.params, self.recipe.optim)
+        if densities is not None:
             projection = time.perf_counter()
-            project_(self.targets, scheduled_densities(self.finals, progress, s.anneal_fraction, s.anneal_shape),
-                     s.min_per_unit)
+            self.sparsifier.after_optimizer_step(densities)
             self.projection_seconds = time.perf_counter() - projection
         return time.perf_counter() - start
 
@@ -114,13 +105,13 @@ def memory_run(variant: str, steps: int, compile_: bool) -> dict:
     process after set-up. Linux's high-water mark is reset after set-up (/proc/self/clear_refs), so
     data preparation's own peak does not count."""
     recipe, _, dense, teacher, batches, _ = setup(compile_)
-    student = Student(dense, recipe, variant == "full", compile_)
+    student = Student(dense, recipe, variant == "full", compile_, steps)
     del dense
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
     base = status_kib("VmRSS")
     for i in range(steps):
-        student.step(batches[i % len(batches)], teacher, (i + 1) / steps)
+        student.step(batches[i % len(batches)], teacher, i)
     peak = status_kib("VmHWM")
     return {"variant": variant, "rss_after_setup_mib": base / 1024, "peak_rss_mib": peak / 1024,
             "peak_above_setup_mib": (peak - base) / 1024}
@@ -128,18 +119,18 @@ def memory_run(variant: str, steps: int, compile_: bool) -> dict:
 
 def timing(args) -> dict:
     recipe, tokenizer, dense, teacher, batches, heldout = setup(not args.eager)
-    full = Student(dense, recipe, True, not args.eager)
-    plain = Student(dense, recipe, False, not args.eager)
-    for i in range(args.warmup):  # compile and warm both
-        full.step(batches[i], teacher, 0.5)
-        plain.step(batches[i], teacher, 0.5)
+    full = Student(dense, recipe, True, not args.eager, args.steps)
+    plain = Student(dense, recipe, False, not args.eager, args.steps)
+    for i in range(args.warmup):  # compile and warm both, half-way through the schedule
+        full.step(batches[i], teacher, args.steps // 2 - 1)
+        plain.step(batches[i], teacher, args.steps // 2 - 1)
     ratios, full_s, plain_s = [], [], []
     for i in range(args.steps):
         batch = batches[(args.warmup + i) % len(batches)]
-        progress = (i + 1) / args.steps  # the whole schedule: dense at first, the target by mid-run
+        # the whole schedule: dense at first, the target by mid-run
         pair = [(full, full_s), (plain, plain_s)][:: 1 if i % 2 == 0 else -1]
         for student, times in pair:
-            times.append(student.step(batch, teacher, progress))
+            times.append(student.step(batch, teacher, i))
         ratios.append(full_s[-1] / plain_s[-1])
     quartiles = statistics.quantiles(ratios, n=4)
     result = {"steps": args.steps, "warmup": args.warmup, "compiled": not args.eager,

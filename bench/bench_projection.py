@@ -16,7 +16,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from extract.arch import sparse_tensors
-from extract.sparsity import kept_count, project_, projection_mask
+from extract.projection import kept_count, projection_mask
+from extract.sparsity import project_
 
 
 def topk_mask(weight, k, unit_axis, min_per_unit):

@@ -19,11 +19,11 @@ import torch  # noqa: E402
 from extract.circuits.find import TaskData, find_circuit  # noqa: E402
 from extract.circuits.masks import NodeMask  # noqa: E402
 from extract.circuits.sites import node_sites, site_means  # noqa: E402
+from extract.data import prepare_heldout  # noqa: E402
 from extract.models import load_model, load_tokenizer  # noqa: E402
 from extract.recipe import ModelConfig, load_recipe  # noqa: E402
 from extract.tasks.builtin import builtin_task  # noqa: E402
 from extract.tasks.examples import two_way_loss  # noqa: E402
-from extract.train import prepare_heldout  # noqa: E402
 
 
 def step_seconds(model, mask, examples, batch_size, repeats=5):

@@ -26,8 +26,12 @@ from default_runs import machine  # noqa: E402
 
 from extract.circuits.find import find_circuit, geometric_mean  # noqa: E402
 from extract.circuits.sites import node_sites  # noqa: E402
-from extract.circuits.stage import _mean_blocks, cached_means, load_task, weights_fingerprint  # noqa: E402
-from extract.models import load_model, load_tokenizer  # noqa: E402
+from extract.circuits.stage import _mean_blocks, cached_means, load_task  # noqa: E402
+from extract.models import (  # noqa: E402
+    load_model,
+    load_tokenizer,
+    weights_fingerprint,  # noqa: E402
+)
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME  # noqa: E402
 from extract.recipe import ModelConfig, load_recipe  # noqa: E402
 

@@ -41,8 +41,8 @@ def _rows(rows: int, rank: int) -> slice:
 
 
 def _worker(rank: int, port: int, method: str, spec: tuple, results) -> None:
+    from extract.projection import kept_count, projection_mask
     from extract.sharded import sharded_projection_mask
-    from extract.sparsity import kept_count, projection_mask
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)

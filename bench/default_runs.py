@@ -45,7 +45,7 @@ def final_eval(out: Path) -> dict:
 
 def finish(result: dict, json_path: Path | None, plot=None, plot_path: Path | None = None) -> None:
     """Print a result's summary (all but its rows), write its JSON and draw its plot, each atomically."""
-    from extract.checkpoints import write_json_atomic
+    from extract.atomic import write_json_atomic
 
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2))
     if json_path:

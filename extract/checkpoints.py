@@ -1,7 +1,9 @@
-"""Atomic outputs and resumable checkpoints.
+"""Resumable training: the run's state, Accelerate checkpoints renamed into place whole, resuming from the
+newest one that loads, and the training log kept in step with it.
 
-Everything is written under a temporary name in the destination's directory and renamed into
-place, so a killed run never leaves a file or folder that looks complete but is not.
+A checkpoint is written under a scratch name and renamed to `step-N` once complete; the two newest
+are kept. A rerun of the same command loads the newest one that loads, sets a damaged one aside, and
+drops the log lines written after it.
 """
 from __future__ import annotations
 
@@ -9,51 +11,37 @@ import json
 import os
 import re
 import shutil
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from accelerate import Accelerator
+
+from extract import atomic
+from extract.errors import UserError
+from extract.paths import CHECKPOINTS_DIRNAME, TRAIN_LOG_FILE
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+class CheckpointError(UserError, RuntimeError):
+    """Every checkpoint of a run to resume is unreadable; they have been set aside."""
 
 
-def write_json_atomic(path: Path, data) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+@dataclass
+class TrainState:
+    step: int = 0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    dense_heldout_loss: float | None = None
+    processes: int = 1
+    distributed_type: str = "NO"
 
+    def save(self, path: Path) -> None:
+        atomic.write_json_atomic(path, self.__dict__)
 
-def read_json(path: Path, fix: str):
-    """A JSON output file, or an OutputDirError naming it and saying how to remake it (`fix`) when it
-    is not JSON: cut short by a full disk or an editor, since this project writes atomically."""
-    from extract.errors import OutputDirError
-
-    try:
-        return json.loads(Path(path).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise OutputDirError(f"{path}: not valid JSON ({error}); {fix}") from None
-
-
-@contextmanager
-def atomic_directory(final: Path):
-    """Yield a scratch directory; on success it replaces `final` in one rename."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        yield scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(scratch, final)
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -70,3 +58,77 @@ def prune_checkpoints(directory: Path, keep: int = 2) -> None:
                    if (m := CHECKPOINT_PATTERN.fullmatch(p.name)))
     for _, path in found[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState) -> None:
+    """Every process writes its part of the Accelerate state; the folder is renamed into place once whole."""
+    ckpt_dir = Path(out) / CHECKPOINTS_DIRNAME
+    scratch = ckpt_dir / f".step-{state.step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(scratch, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(scratch))
+    if accelerator.is_main_process:
+        state.save(scratch / "trainer_state.json")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(scratch, ckpt_dir / f"step-{state.step}")
+        prune_checkpoints(ckpt_dir)
+    accelerator.wait_for_everyone()
+
+
+def resume(accelerator: Accelerator, out: Path, steps: int) -> TrainState:
+    """The state to go on from: the newest checkpoint that loads (its model, optimizer, scheduler and
+    random states loaded into `accelerator`'s prepared objects), or a fresh start with an empty log."""
+    out = Path(out)
+    resumed_from, state = _load_newest_good_checkpoint(accelerator, out / CHECKPOINTS_DIRNAME)
+    log = out / TRAIN_LOG_FILE
+    if resumed_from is not None:
+        accelerator.print(f"resuming from {resumed_from} (step {state.step}/{steps})")
+        if accelerator.is_main_process:
+            _truncate_log(log, state.step)
+    elif accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        log.unlink(missing_ok=True)
+    state.processes, state.distributed_type = accelerator.num_processes, str(accelerator.distributed_type.value)
+    return state
+
+
+def append_log(out: Path, record: dict) -> None:
+    with open(Path(out) / TRAIN_LOG_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, last_step: int) -> None:
+    """On resume, drop log lines written after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= last_step]
+    atomic.write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path) -> tuple[Path | None, TrainState]:
+    """Load the newest checkpoint that loads. One that does not (a file cut short or corrupted on disk)
+    is set aside as `.broken-step-N`, with a warning, and the one before it is tried; when none is left
+    the run stops and says so, since a half-loaded checkpoint may have overwritten the model."""
+    broken = []
+    while (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        try:
+            state = TrainState.load(ckpt / "trainer_state.json")
+            accelerator.load_state(str(ckpt))
+            return ckpt, state
+        # what a damaged file raises depends on which file and how (safetensors, the restricted
+        # unpickler, json, the OS); any of them means this checkpoint cannot be trusted
+        except Exception as error:  # noqa: BLE001
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                shutil.rmtree(ckpt.parent / f".broken-{ckpt.name}", ignore_errors=True)  # from an earlier rerun
+                os.replace(ckpt, ckpt.parent / f".broken-{ckpt.name}")
+            accelerator.wait_for_everyone()
+            broken.append(ckpt.name)
+            accelerator.print(f"warning: {ckpt} cannot be loaded ({type(error).__name__}: {str(error)[:200]}); "
+                              f"set aside as {ckpt.parent / ('.broken-' + ckpt.name)}")
+    if broken:
+        raise CheckpointError(f"{ckpt_dir}: no checkpoint loads ({', '.join(broken)} set aside as .broken-*); "
+                              "rerun the same command to start this run's training over")
+    return None, TrainState()

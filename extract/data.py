@@ -16,6 +16,7 @@ import torch
 
 from extract.errors import DataError
 from extract.paths import CORPUS_FILE
+from extract.recipe import DataConfig, Recipe
 
 EMBEDDED = "embedded"
 
@@ -120,3 +121,25 @@ def heldout_tensor(blocks, n_blocks: int) -> torch.Tensor:
     if len(rows) == 0:
         raise DataError("the held-out split produced no complete block; lower data.block_size or add text")
     return torch.tensor(rows, dtype=torch.long)
+
+
+def corpus_spec(data: DataConfig) -> CorpusSpec:
+    """The recipe's `data` section as a corpus; the embedded corpus is split by each file's path."""
+    key = data.key_column or ("path" if data.dataset == EMBEDDED else None)
+    return CorpusSpec(data.dataset, data.config, data.text_column, key, data.train_split, data.heldout_split,
+                      data.heldout_fraction, data.streaming)
+
+
+def prepare_heldout(recipe: Recipe, tokenizer, splits=None):
+    """(held-out LongTensor of `data.heldout_blocks` blocks, held-out text dataset)."""
+    splits = splits or load_text_splits(corpus_spec(recipe.data))
+    blocks = pack_blocks(splits["heldout"], tokenizer, recipe.data.block_size, recipe.data.text_column)
+    return heldout_tensor(blocks, recipe.data.heldout_blocks), splits["heldout"]
+
+
+def prepare_data(recipe: Recipe, tokenizer):
+    """(packed training blocks, held-out LongTensor, held-out texts)."""
+    splits = load_text_splits(corpus_spec(recipe.data))
+    train = pack_blocks(splits["train"], tokenizer, recipe.data.block_size, recipe.data.text_column)
+    heldout, heldout_texts = prepare_heldout(recipe, tokenizer, splits)
+    return train, heldout, heldout_texts

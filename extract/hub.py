@@ -16,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from extract.checkpoints import read_json
+from extract.atomic import read_json
 from extract.errors import MissingFileError, UserError
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import HubConfig

@@ -6,6 +6,7 @@ from its config, before any weights load, so an unsupported model fails at once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -154,3 +155,12 @@ def load_model(cfg: ModelConfig, vocab_size: int | None = None):
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def weights_fingerprint(model) -> str:
+    """A short hash of every weight: a circuit file names the weights it was found on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

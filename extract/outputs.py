@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from extract import checkpoints
+from extract import atomic
 from extract.errors import OutputDirError
 from extract.recipe import Recipe, RecipeError
 
@@ -61,7 +61,7 @@ def save_recipe(recipe: Recipe, out: Path) -> None:
     loaded, so a run that fails on a typo (a model path, a dataset) leaves nothing that refuses the
     corrected command."""
     check_recipe(recipe, out)
-    checkpoints.write_text_atomic(Path(out) / RECIPE_FILE, recipe_yaml(recipe))
+    atomic.write_text_atomic(Path(out) / RECIPE_FILE, recipe_yaml(recipe))
 
 
 @contextlib.contextmanager

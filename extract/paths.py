@@ -14,3 +14,5 @@ RECIPES_DIR = CHECKOUT_RECIPES_DIR if CHECKOUT_RECIPES_DIR.is_dir() else PACKAGE
 # OUTPUT_DIR/model: the sparse model, and OUTPUT_DIR/circuits: the prune stage's results
 MODEL_DIRNAME = "model"
 CIRCUITS_DIRNAME = "circuits"
+CHECKPOINTS_DIRNAME = "checkpoints"  # resumable training states
+TRAIN_LOG_FILE = "train_log.jsonl"  # one line per logged or evaluated step

@@ -11,19 +11,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from extract import checkpoints
+from extract import atomic
 from extract.arch import sparse_tensors
 from extract.card import model_card
+from extract.data import prepare_heldout
+from extract.evaluation import heldout_metrics
 from extract.models import ModelLoadError, adapter_base, count_params, load_model, load_tokenizer
 from extract.outputs import report_markdown
-from extract.paths import MODEL_DIRNAME
+from extract.paths import MODEL_DIRNAME, TRAIN_LOG_FILE
 from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
 from extract.report_html import write_html_report
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
-from extract.train import TRAIN_LOG, heldout_metrics, prepare_heldout
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
     if recipe.eval.quote_examples:
         quotes = closing_quote_examples(heldout_texts[recipe.data.text_column], tokenizer, recipe.eval.quote_examples)
     trained = load_model(ModelConfig(name_or_path=str(model_dir))).to(device)
-    state = checkpoints.read_json(model_dir / "trainer_state.json", f"delete {model_dir} and rerun the command: "
+    state = atomic.read_json(model_dir / "trainer_state.json", f"delete {model_dir} and rerun the command: "
                                   "training resumes from the newest checkpoint")
     report = {"recipe": recipe_file, "quote_examples": len(quotes)}
     teacher = None
@@ -87,9 +88,9 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
             section["loss_ratio"] = section["heldout_loss"] / report["dense"]["heldout_loss"]
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
-    plot_training(out / TRAIN_LOG, out / "training.png")  # before report.html, which inlines it
+    plot_training(out / TRAIN_LOG_FILE, out / "training.png")  # before report.html, which inlines it
     report = merge_circuits(report, out)
-    checkpoints.write_text_atomic(model_dir / "README.md", model_card(report, recipe, recipe.hub.repo_id))
+    atomic.write_text_atomic(model_dir / "README.md", model_card(report, recipe, recipe.hub.repo_id))
     return report
 
 
@@ -98,12 +99,12 @@ def merge_circuits(report: dict, out: Path) -> dict:
     report.json, report.md and report.html."""
     circuits = out / "circuits" / "circuits.json"
     if circuits.exists():
-        found = checkpoints.read_json(circuits, "rerun the command with --stage prune: finished circuits are "
+        found = atomic.read_json(circuits, "rerun the command with --stage prune: finished circuits are "
                                       "reused, not pruned again")
         report.update(target_loss=found["target_loss"], splits=found.get("splits"), tasks=found["tasks"],
                       summary=found["summary"])
-    checkpoints.write_json_atomic(out / "report.json", report)
-    checkpoints.write_text_atomic(out / "report.md", report_markdown(report))
+    atomic.write_json_atomic(out / "report.json", report)
+    atomic.write_text_atomic(out / "report.md", report_markdown(report))
     write_html_report(out, report)
     return report
 
@@ -111,6 +112,6 @@ def merge_circuits(report: dict, out: Path) -> dict:
 def refresh_report(out: Path, recipe_file: str) -> dict:
     """After pruning alone: update report.json with the circuits (starting one if there is none)."""
     path = out / "report.json"
-    report = (checkpoints.read_json(path, "delete it and rerun the command with --stage report") if path.exists()
+    report = (atomic.read_json(path, "delete it and rerun the command with --stage report") if path.exists()
               else {"recipe": recipe_file})
     return merge_circuits(report, out)

@@ -13,7 +13,7 @@ import base64
 import json
 from pathlib import Path
 
-from extract import checkpoints
+from extract import atomic
 from extract.arch import SITE_NAMES
 from extract.circuits.checks import verdict
 from extract.circuits.describe import node_id
@@ -57,7 +57,7 @@ def write_html_report(out: Path, report: dict) -> Path:
     page = TEMPLATE.format(css=(PAGE_DIR / "report.css").read_text(), data=data,
                            script=(PAGE_DIR / "report.js").read_text())
     path = Path(out) / HTML_FILE
-    checkpoints.write_text_atomic(path, page)
+    atomic.write_text_atomic(path, page)
     return path
 
 
@@ -70,7 +70,7 @@ def page_data(out: Path, report: dict) -> dict:
     for task, by_role in tasks.items():
         for role, entry in by_role.items():
             path = out / CIRCUITS_DIRNAME / circuit_file(task, role)
-            record = checkpoints.read_json(path, "rerun the command with --stage prune") if path.is_file() else None
+            record = atomic.read_json(path, "rerun the command with --stage prune") if path.is_file() else None
             view = circuit_view(record, f"circuit-{len(circuits)}") if record and record.get("nodes") else None
             if view:
                 circuits.append(view)

@@ -67,7 +67,8 @@ def _display_path(path: Path) -> str:
     return f"recipes/{resolved.name}" if resolved.parent == RECIPES_DIR.resolve() else str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, phase=None) -> int:
+    """The command line. `phase`: a hook around the training loop's phases (extract/train.py), for benchmarks."""
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.model:
@@ -118,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         accelerator = make_accelerator(recipe)
         out = Path(recipe.output_dir)
         with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
-            return _run_stages(args, recipe, recipe_path, pushes, accelerator)
+            return _run_stages(args, recipe, recipe_path, pushes, accelerator, phase)
     except UserError as error:  # anything else is a bug in this project: keep its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
 
 
-def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator) -> int:
+def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phase=None) -> int:
     """The stages in order, with the output folder locked by this run."""
     from extract.outputs import check_recipe, save_recipe, summary_lines
     from extract.report import write_report
@@ -137,7 +138,7 @@ def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator) -> i
             save_recipe(recipe, out)
     accelerator.wait_for_everyone()
     if args.stage in ("sparsify", "all"):
-        train(recipe, accelerator)
+        train(recipe, accelerator, **({"phase": phase} if phase else {}))
     # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
     if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
         from extract.circuits.stage import prune_stage

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from extract.sparsity import protect_largest_per_unit_
+from extract.projection import protect_largest_per_unit_
 
 DIGITS = (24, 16, 8, 0)  # radix select on float32 bits, 8 bits at a time, highest first
 

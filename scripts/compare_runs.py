@@ -7,8 +7,8 @@ Each argument is LABEL=OUTPUT_DIR, a directory holding a run's train_log.jsonl.
 import argparse
 from pathlib import Path
 
+from extract.paths import TRAIN_LOG_FILE
 from extract.plots import plot_runs
-from extract.train import TRAIN_LOG
 
 
 def main() -> None:
@@ -19,9 +19,9 @@ def main() -> None:
     logs = {}
     for item in args.runs:
         label, sep, path = item.partition("=")
-        if not sep or not (Path(path) / TRAIN_LOG).is_file():
-            parser.error(f"{item!r}: expected LABEL=OUTPUT_DIR with a {TRAIN_LOG} in it")
-        logs[label] = Path(path) / TRAIN_LOG
+        if not sep or not (Path(path) / TRAIN_LOG_FILE).is_file():
+            parser.error(f"{item!r}: expected LABEL=OUTPUT_DIR with a {TRAIN_LOG_FILE} in it")
+        logs[label] = Path(path) / TRAIN_LOG_FILE
     plot_runs(logs, args.out)
     print(f"wrote {args.out}")
 

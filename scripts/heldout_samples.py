@@ -14,10 +14,10 @@ import dataclasses
 
 import torch
 
-from extract.data import heldout_tensor, pack_blocks
+from extract.data import heldout_tensor, pack_blocks, prepare_data
+from extract.evaluation import heldout_metrics
 from extract.models import load_model, load_tokenizer
 from extract.recipe import load_recipe
-from extract.train import heldout_metrics, prepare_data
 
 
 def main() -> None:

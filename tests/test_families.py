@@ -15,7 +15,8 @@ from extract.circuits.edges import count_edges, list_edges
 from extract.circuits.masks import NodeMask
 from extract.circuits.sites import count_nodes, site_means
 from extract.models import ModelLoadError
-from extract.sparsity import kept_count, project_
+from extract.projection import kept_count
+from extract.sparsity import project_
 from tests.conftest import fit_two_way_task, quote_lines, run_cli
 from tests.families import (
     D_MLP,

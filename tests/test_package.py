@@ -37,3 +37,37 @@ def test_the_wheel_runs_the_default_recipe_in_a_fresh_environment(tmp_path):
     assert (elsewhere / "out" / "model" / "model.safetensors").is_file()
     assert (elsewhere / "out" / "recipe.yaml").is_file()
     assert "model: density 0.03125 over the sparsified tensors" in proc.stdout + proc.stderr  # the default's 1/32
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """extract's modules and the extract modules each imports, inside functions too."""
+    import ast
+
+    package = ROOT / "extract"
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("extract"):
+                targets = [f"{node.module}.{a.name}" for a in node.names]  # `from extract import atomic`
+                deps |= {t for t in targets if t in modules} or {node.module}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in modules}
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_the_package_has_no_import_cycle_and_its_layers_flow_one_way():
+    graph = _import_graph()
+
+    def reaches(start: str, goal: str, seen: set) -> bool:
+        return any(dep == goal or (dep not in seen and not seen.add(dep) and reaches(dep, goal, seen))
+                   for dep in graph[start])
+
+    cycles = [name for name in graph if reaches(name, name, set())]
+    assert not cycles, cycles
+    # circuits, the report and the card read saved artifacts: none of them pulls in the training loop
+    readers = [n for n in graph if n.startswith(("extract.circuits", "extract.report", "extract.card"))]
+    assert readers and not [n for n in readers if reaches(n, "extract.train", set())]

@@ -1,5 +1,8 @@
 """The prune stage through the command line, on a tiny GPT-2 trained in the test to close quotes."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -74,6 +77,14 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
                                   model(torch.tensor([task.test[0].prompt_ids])).logits)
     with pytest.raises(CircuitLoadError, match="not the ones the circuit was found on"):
         load_circuit(out, "quotes", model=str(model_dir), model_path=tiny_model_dir)
+    # a reader's process loads and checks it without the training loop, Accelerate or matplotlib
+    heavy = ("accelerate", "matplotlib", "extract.train", "extract.circuits.stage")
+    script = ("import sys, extract\n"
+              f"extract.load_circuit({str(out)!r}, 'quotes', model={str(model_dir)!r}).check(random_draws=1)\n"
+              f"print(sorted({{m for m in sys.modules if m.startswith({heavy!r})}}))")
+    reader = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert reader.stdout.strip() == "[]", reader.stdout
 
     # the same command again (as after an interruption) reuses the finished (task, model) result
     rerun = run_cli(*args)

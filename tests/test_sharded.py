@@ -27,8 +27,8 @@ def _full_tensor(rows: int, columns: int, ties: bool, seed: int) -> torch.Tensor
 
 
 def _worker(rank: int, init: str, results) -> None:
+    from extract.projection import kept_count, kth_largest, projection_mask
     from extract.sharded import kth_largest_sharded, sharded_projection_mask
-    from extract.sparsity import kept_count, kth_largest, projection_mask
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     try:

@@ -135,11 +135,11 @@ def test_gradients_rescaled_to_unit_rms():
 def test_embedding_density_keeps_the_overall_budget():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from extract.sparsity import tensor_targets
+    from extract.sparsity import final_densities
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_positions=16))
     tensors = sparse_tensors(model)
-    finals = tensor_targets(tensors, 1 / 16, 1 / 8)
+    finals = final_densities(tensors, 1 / 16, 1 / 8)
     embeddings = [f for t, f in zip(tensors, finals) if t.unit_axis is None]
     matrices = {f for t, f in zip(tensors, finals) if t.unit_axis is not None}
     assert embeddings and all(f == 1 / 8 for f in embeddings) and len(matrices) == 1
@@ -149,7 +149,7 @@ def test_embedding_density_keeps_the_overall_budget():
     # each tensor rounds its count up, so the total may exceed the budget by one per tensor
     assert 1 / 16 <= density <= 1 / 16 + len(tensors) / sum(t.param.numel() for t in tensors)
     with pytest.raises(ValueError, match="no budget"):
-        tensor_targets(tensors, 1 / 64, 1.0)
+        final_densities(tensors, 1 / 64, 1.0)
 
 
 def test_ties_at_the_cut_keep_exactly_k_taking_the_first_in_storage_order():
@@ -166,7 +166,7 @@ def test_ties_at_the_cut_keep_exactly_k_taking_the_first_in_storage_order():
 def test_the_gpu_way_to_the_cut_finds_the_same_kth_largest_value(k):
     """On a GPU the cut comes from topk of the smaller side (kthvalue there runs on one SM); it must be
     the value kthvalue finds, ties included, so both devices keep the same entries."""
-    from extract.sparsity import kth_largest
+    from extract.projection import kth_largest
 
     torch.manual_seed(4)
     flat = torch.randn(100).abs().round(decimals=1)  # plenty of ties

@@ -60,14 +60,18 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
     assert log[-1]["density"] == pytest.approx(0.125)
-    # the loop ran the schedule: each logged step's learning rate and density are step_schedule's
+    # the loop ran the schedule: each logged step's learning rate and density are the sparsifier's
     from extract.recipe import load_recipe
-    from extract.train import step_schedule
+    from extract.sparsifier import Sparsifier
+    from extract.train import learning_rate
 
     loaded = load_recipe(str(recipe))[0]
+    sparsifier = Sparsifier(AutoModelForCausalLM.from_pretrained(out / "model"), loaded.sparsity, loaded.train.steps)
     for row in log:
-        lr, density = step_schedule(loaded, row["step"] - 1)
-        assert row["lr"] == pytest.approx(lr, rel=1e-6) and row["density"] == pytest.approx(density, rel=1e-6), row
+        densities = sparsifier.before_step(row["step"] - 1)
+        assert row["density"] == pytest.approx(densities.overall, rel=1e-6), row
+        if "lr" in row:
+            assert row["lr"] == pytest.approx(learning_rate(loaded, row["step"] - 1, densities), rel=1e-6), row
 
     # runs compare on one picture; a directory without a training log is named
     compare = [sys.executable, str(ROOT / "scripts" / "compare_runs.py")]
@@ -257,7 +261,7 @@ def test_heldout_blocks_are_spread_over_the_split():
 def test_token_losses_are_cross_entropy_and_kl_to_the_teacher(tiny_model_dir):
     import torch.nn.functional as F
 
-    from extract.train import token_losses
+    from extract.losses import token_losses
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -301,7 +305,7 @@ def test_the_distillation_loss_is_kl_from_the_teacher_to_the_student():
     models are, they agree to second order): teacher (0.9, 0.1), student (0.5, 0.5) gives
     KL(teacher || student) = 0.368 and KL(student || teacher) = 0.511. Its gradient in the student's
     logits is student - teacher."""
-    from extract.train import token_losses
+    from extract.losses import token_losses
 
     student = _FixedLogits([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5]])  # two positions are scored, the last is not
     teacher = _FixedLogits([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])
@@ -428,23 +432,60 @@ def test_gradient_checkpointing_trains_the_same_weights(write_recipe, tmp_path, 
         torch.testing.assert_close(weights[True][name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
-def test_step_schedule_has_warmup_decay_and_the_sharkfin_factor():
+def test_the_learning_rate_has_warmup_decay_and_the_sharkfin_factor():
     from extract.recipe import load_recipe
-    from extract.train import step_schedule
+    from extract.sparsifier import Sparsifier
+    from extract.train import learning_rate
+    from tests.families import tiny_model
 
     recipe = load_recipe("tiny-python", ["train.steps=1000", "optim.warmup_fraction=0.01", "optim.lr=0.1",
                                          "sparsity.anneal_shape=linear", "sparsity.target_density=0.0625",
-                                         "sparsity.sharkfin_power=0.5"])[0]
-    lr, density = step_schedule(recipe, 249)  # a quarter through: half-way down a linear anneal over 50%
+                                         "sparsity.embedding_density=null", "sparsity.sharkfin_power=0.5"])[0]
+    sparsifier = Sparsifier(tiny_model("gpt2"), recipe.sparsity, recipe.train.steps)
+
+    def schedule(step):
+        densities = sparsifier.before_step(step)
+        return learning_rate(recipe, step, densities), densities.overall
+
+    lr, density = schedule(249)  # a quarter through: half-way down a linear anneal over 50%
     assert density == pytest.approx(1 - 0.5 * (1 - 0.0625))
     decay = (1 - 249 / 1000) / 0.99
     assert lr == pytest.approx(0.1 * decay * (0.0625 / density) ** 0.5)  # sharkfin: small while dense
-    lr, density = step_schedule(recipe, 599)  # past the anneal: factor 1
+    lr, density = schedule(599)  # past the anneal: factor 1
     assert density == pytest.approx(0.0625) and lr == pytest.approx(0.1 * (1 - 599 / 1000) / 0.99)
-    assert step_schedule(recipe, 4)[0] == pytest.approx(0.1 * 4 / 10 * (0.0625 / step_schedule(recipe, 4)[1]) ** 0.5)
-    off = load_recipe("tiny-python", ["train.steps=1000", "optim.warmup_fraction=0.01", "optim.lr=0.1",
-                                      "sparsity.sharkfin=false"])[0]
-    assert step_schedule(off, 249)[0] == pytest.approx(0.1 * decay)
+    assert schedule(4)[0] == pytest.approx(0.1 * 4 / 10 * (0.0625 / schedule(4)[1]) ** 0.5)
+    recipe.sparsity.sharkfin = False
+    assert learning_rate(recipe, 249, Sparsifier(tiny_model("gpt2"), recipe.sparsity, 1000).before_step(249)
+                         ) == pytest.approx(0.1 * decay)
+    assert learning_rate(recipe, 249, None) == pytest.approx(0.1 * decay)  # dense pretraining: no sparsifier
+
+
+@pytest.mark.parametrize("shape", ["linear", "log", "cubic"])
+def test_the_logged_density_is_the_projected_one_at_every_step(shape):
+    """With the embeddings at their own density, each step's per-tensor densities share out the logged
+    overall density, so the projection keeps exactly that share of the weights (up to one weight per
+    tensor of rounding) at every step, not only at the end. Annealing each tensor to its own final
+    density instead (the rule before) misses it on the log schedule, where a^t is not linear in a."""
+    from extract.recipe import SparsityConfig
+    from extract.sparsifier import Sparsifier
+    from extract.sparsity import density_at, measured_density
+    from tests.families import tiny_model
+
+    sparsity = SparsityConfig(target_density=1 / 16, embedding_density=1 / 8, min_per_unit=0, anneal_fraction=0.5,
+                              anneal_shape=shape)
+    sparsifier = Sparsifier(tiny_model("gpt2"), sparsity, steps=20)
+    sizes = [t.param.numel() for t in sparsifier.tensors]
+    worst_before = 0.0
+    for step in range(20):
+        densities = sparsifier.before_step(step)
+        sparsifier.after_optimizer_step(densities)
+        measured, _, total = measured_density(sparsifier.tensors)
+        assert abs(measured - densities.overall) <= len(sizes) / total, (step, measured, densities.overall)
+        each_to_its_own = sum(n * density_at((step + 1) / 20, final, 0.5, shape)
+                              for n, final in zip(sizes, sparsifier.finals)) / total
+        worst_before = max(worst_before, abs(each_to_its_own - densities.overall))
+    assert measured == pytest.approx(1 / 16, abs=len(sizes) / total)
+    assert (worst_before > 0.01) == (shape == "log"), worst_before
 
 
 def test_apply_gradients_rescales_to_unit_rms_before_the_step():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from extract import checkpoints
+from extract import atomic
 from extract.arch import SITE_NAMES
 from extract.circuits.edges import list_edges
 from extract.errors import UserError
@@ -48,7 +48,7 @@ def circuit_record(model, task: str, role: str, model_path: str, found, cfg: Pru
 
 
 def write_circuit(path: Path, record: dict) -> None:
-    checkpoints.write_json_atomic(path, record)
+    atomic.write_json_atomic(path, record)
 
 
 def read_circuit(path: str | Path) -> dict:

@@ -27,7 +27,7 @@ from extract.circuits.prune import scores_with_gates
 from extract.circuits.sites import node_sites
 from extract.errors import UserError
 from extract.hub import RunFiles, is_hub_id
-from extract.models import load_model, load_tokenizer
+from extract.models import load_model, load_tokenizer, weights_fingerprint
 from extract.paths import CIRCUITS_DIRNAME
 from extract.recipe import ModelConfig
 from extract.tasks.examples import TaskExample
@@ -118,8 +118,6 @@ def load_circuit(repo_or_dir: str | Path, task: str, model: str = "sparse", *, r
     run's output folder or the Hub repo it was pushed to. Downloads only the circuit file, its means
     and the model. `model_path` overrides where the model is loaded from; its weights must still be
     the ones the circuit was found on."""
-    from extract.circuits.stage import weights_fingerprint
-
     files = RunFiles(repo_or_dir, revision)
     name = f"{CIRCUITS_DIRNAME}/{circuit_file(task, model)}"
     try:

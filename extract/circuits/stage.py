@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from extract import checkpoints
+from extract import atomic
 from extract.circuits.describe import describe_circuit
 from extract.circuits.files import (
     FORMAT_VERSION,
@@ -30,15 +30,15 @@ from extract.circuits.files import (
 from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
 from extract.circuits.masks import NodeMask
 from extract.circuits.sites import node_sites, site_means
+from extract.data import prepare_heldout
 from extract.errors import MissingFileError
-from extract.models import load_model, load_tokenizer
+from extract.models import load_model, load_tokenizer, weights_fingerprint
 from extract.outputs import penalties_tried, retry_note
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import ModelConfig, Recipe, RecipeError, TaskFileRef
 from extract.tasks.builtin import builtin_task
 from extract.tasks.examples import SPLITS, split_of
 from extract.tasks.jsonl import TaskFileError, load_task_file
-from extract.train import prepare_heldout
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,6 @@ def load_task(task: str | TaskFileRef, tokenizer, max_context: int, recipe: Reci
     if empty:
         raise TaskFileError(f"{task.file}: the hash split left no {' or '.join(empty)} examples; add more examples")
     return TaskData(task_name(task), by_split["train"], by_split["validation"], by_split["test"])
-
-
-def weights_fingerprint(model) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def means_file(fingerprint: str, blocks: torch.Tensor) -> str:
@@ -248,7 +240,7 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
     compared = tuple(m.role for m in models if m.role != RANDOM_INIT)[:2]
     result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks,
               "summary": summarise(tasks, compared)}
-    checkpoints.write_json_atomic(out / SUMMARY_FILE, result)
+    atomic.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png", tasks)
     return result
 
@@ -298,7 +290,7 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
             if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
                 draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
         # written last, after the circuit files: its presence means this (task, model) is complete
-        checkpoints.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
+        atomic.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
         log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
 
 
