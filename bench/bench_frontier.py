@@ -29,6 +29,7 @@ from pathlib import Path
 from default_runs import FAST_PRUNE, ROOT, finish, machine, report, run, save_figure
 
 from extract.circuits.find import geometric_mean
+from extract.circuits.results import tasks_from_dict
 from extract.circuits.stage import summarise
 from extract.recipe import load_recipe
 from extract.sparsity import density_floor
@@ -72,7 +73,7 @@ def density_run(density: Fraction, embedding_density: float, out: Path, prunes_d
 def row(density: Fraction, rep: dict, dense_tasks: dict) -> dict:
     sparse = rep["sparse"]
     tasks = {name: {"dense": dense_tasks[name], "sparse": by_role["sparse"]} for name, by_role in rep["tasks"].items()}
-    summary = summarise(tasks)
+    summary = summarise(tasks_from_dict(tasks))
     return {"target_density": label(density), "embedding_density": rep["bench_embedding_density"],
             "density": sparse["density"], "heldout_loss": sparse["heldout_loss"], "loss_ratio": sparse["loss_ratio"],
             "kl_to_dense": sparse["kl_to_dense"], "quote_accuracy": sparse["quote_accuracy"],
@@ -153,13 +154,13 @@ def main():
     rows = [row(d, reports[d], dense_tasks) for d in sorted(densities, reverse=True)]
     common = sorted(set.intersection(*(set(r["tasks_compared"]) for r in rows)))
     for r in rows:
-        summary = summarise({name: {"dense": dense_tasks[name], "sparse": reports[Fraction(r["target_density"])]
-                                    ["tasks"][name]["sparse"]} for name in common}) if common else None
+        summary = summarise(tasks_from_dict({name: {"dense": dense_tasks[name], "sparse": reports[Fraction(
+            r["target_density"])]["tasks"][name]["sparse"]} for name in common})) if common else None
         r["common_edges_geomean"] = summary["edges_geomean"][1] if summary else None
         r["common_edge_ratio"] = summary["edge_ratio"] if summary else None
         print(json.dumps(r), flush=True)
     dense_rep = reports[default_density]["dense"]
-    common_dense = (summarise({n: {"dense": dense_tasks[n], "sparse": dense_tasks[n]} for n in common})
+    common_dense = (summarise(tasks_from_dict({n: {"dense": dense_tasks[n], "sparse": dense_tasks[n]} for n in common}))
                     if common else None)
     result = {"command": "python bench/bench_frontier.py " + " ".join(sys.argv[1:]), **machine(),
               "wall_seconds": time.time() - start, "run_seconds": sum(r["seconds"] for r in rows),

@@ -166,7 +166,7 @@ def timing(args) -> dict:
         start = time.perf_counter()
         found = find_circuit(model, sites, means, data, settings)
         result[f"task_seconds_{label}"] = time.perf_counter() - start
-        result[f"task_circuit_edges_{label}"] = (found.result["circuit"] or {}).get("edges")
+        result[f"task_circuit_edges_{label}"] = found.result.circuit.edges if found.result.circuit else None
     return result
 
 

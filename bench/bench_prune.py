@@ -63,7 +63,7 @@ def main():
     start = time.perf_counter()
     found = find_circuit(model, sites, means, TaskData(args.task, train, validation, test), cfg)
     rows.update(whole_task_seconds=time.perf_counter() - start, steps=cfg.steps, batch_size=cfg.batch_size,
-                circuit=found.result["circuit"])
+                circuit=found.result.to_dict()["circuit"])
     print(json.dumps(rows, indent=2))
     if args.json:
         with open(args.json, "w") as f:

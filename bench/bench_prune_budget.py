@@ -64,10 +64,10 @@ def main():
                                    attribution_baseline=False)
                 start = time.perf_counter()
                 found = find_circuit(model, sites, means, data, settings)
-                circuit = found.result["circuit"] or {}
+                circuit = found.result.to_dict()["circuit"] or {}
                 rows.append({"task": task, "model": role, "steps": steps, "edges": circuit.get("edges"),
                              "nodes": circuit.get("nodes"), "test_loss": circuit.get("loss"),
-                             "sufficient": circuit.get("sufficient"), "k_coef": found.result.get("k_coef"),
+                             "sufficient": circuit.get("sufficient"), "k_coef": found.result.k_coef,
                              "seconds": time.perf_counter() - start})
                 print(json.dumps(rows[-1]), flush=True)
     summary = {}

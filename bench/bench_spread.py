@@ -20,6 +20,7 @@ from pathlib import Path
 
 from default_runs import FAST_PRUNE, ROOT, report, run
 
+from extract.circuits.results import tasks_from_dict
 from extract.circuits.stage import summarise
 
 
@@ -46,7 +47,7 @@ def main():
     rows = []
     for seed, rep in reports.items():
         tasks = {task: {"dense": dense[task], "sparse": by_role["sparse"]} for task, by_role in rep["tasks"].items()}
-        summary = summarise(tasks)
+        summary = summarise(tasks_from_dict(tasks))
         sparse = rep["sparse"]
         rows.append({"seed": seed, "heldout_loss": sparse["heldout_loss"], "loss_ratio": sparse["loss_ratio"],
                      "quote_accuracy": sparse["quote_accuracy"], "solved": summary["solved"]["sparse"],

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import yaml
 
+from extract.circuits.controls import CONTROLS
 from extract.hub import is_hub_id
-from extract.outputs import FLAGS, ratio_line
 from extract.recipe import Recipe
-
-RANDOM_INIT = "random_init"
+from extract.report_view import ReportView, report_view
 
 
 def card_metadata(report: dict, recipe: Recipe) -> dict:
@@ -34,72 +33,52 @@ def _origin(dense: dict) -> str:
     return f"`{dense['model']}`"
 
 
-def _models_table(report: dict) -> list[str]:
+def _models_table(view: ReportView) -> list[str]:
     lines = ["| model | held-out loss | density | nonzero parameters | closing-quote accuracy |",
              "| --- | --- | --- | --- | --- |"]
-    for role in ("dense", "sparse", "trained"):
-        m = report.get(role)
-        if not m:
-            continue
-        density = f"{m['density']:.5f}" if "density" in m else "1 (dense)"
-        nonzero = f"{m['nonzero_params']:,} of {m['params']:,}" if "nonzero_params" in m else f"{m['params']:,}"
-        accuracy = f"{m['quote_accuracy']:.3f}" if "quote_accuracy" in m else "-"
-        lines.append(f"| {role if role == 'dense' else 'this model'} | {m['heldout_loss']:.4f} | {density} | "
+    for m in view.models:
+        density = f"{m.density:.5f}" if m.density is not None else "1 (dense)"
+        nonzero = f"{m.nonzero_params:,} of {m.params:,}" if m.nonzero_params is not None else f"{m.params:,}"
+        accuracy = f"{m.quote_accuracy:.3f}" if m.quote_accuracy is not None else "-"
+        lines.append(f"| {m.role if m.role == 'dense' else 'this model'} | {m.heldout_loss:.4f} | {density} | "
                      f"{nonzero} | {accuracy} |")
     return lines
 
 
-def _controls(entry: dict, random_init: dict | None) -> str:
-    """'pass' when no control reaches the target, else which ones do."""
-    circuit, failed = entry["circuit"], []
-    if circuit.get("random_reached"):
-        failed.append(f"{circuit['random_reached']} of {circuit['random_draws']} random circuits reach")
-    if (entry.get("nonsense") or {}).get("reached_target"):
-        failed.append("the nonsense twin reaches")
-    if random_init and (random_init.get("circuit") or {}).get("sufficient"):
-        failed.append("a random-init model reaches")
-    checked = circuit.get("random_draws") or entry.get("nonsense") or random_init
-    return "; ".join(failed) if failed else ("pass" if checked else "-")
-
-
-def _circuit_rows(report: dict) -> list[str]:
+def _circuit_rows(view: ReportView) -> list[str]:
     """The circuits table, then one line naming the (task, model) pairs the model does not solve."""
-    target = report.get("target_loss")
-    lines = ["| task | model | nodes | edges | test loss | sufficient | necessary | controls |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | model | nodes | edges | test loss | checks | controls |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     unsolved = []
-    for task, by_role in report["tasks"].items():
-        for role, entry in by_role.items():
-            if role == RANDOM_INIT:
-                continue
-            circuit = entry.get("circuit")
-            if not entry.get("solved"):
-                unsolved.append(f"{task} / {role} ({entry['full_loss']:.3f})")
-                continue
-            if circuit is None:
-                lines.append(f"| {task} | {role} | no circuit reaches {target} | | | | | |")
-                continue
-            yes = {True: "yes", False: "no"}
-            lines.append(f"| {task} | {role} | {circuit['nodes']:,} | {circuit['edges']:,} | {circuit['loss']:.3f} | "
-                         f"{yes[circuit['sufficient']]} | {yes[circuit['necessary']]} | "
-                         f"{_controls(entry, by_role.get(RANDOM_INIT))} |")
+    for row in view.rows:
+        r = row.result
+        if row.is_control_model:
+            continue
+        if not r.solved:
+            unsolved.append(f"{row.task} / {row.model} ({r.full_loss:.3f})")
+        elif r.circuit is None:
+            lines.append(f"| {row.task} | {row.model} | no circuit reaches {view.target_loss} | | | | |")
+        else:
+            checked = any(cell is not None for _, cell in row.controls)
+            controls = "; ".join(row.failures) or ("pass" if checked else "-")
+            lines.append(f"| {row.task} | {row.model} | {r.circuit.nodes:,} | {r.circuit.edges:,} | "
+                         f"{r.circuit.loss:.3f} | {row.verdict} | {controls} |")
     if unsolved:
-        lines += ["", f"Not solved by the full model (test loss above {target}), so not pruned: {', '.join(unsolved)}."]
+        lines += ["", f"Not solved by the full model (test loss above {view.target_loss}), so not pruned: "
+                      f"{', '.join(unsolved)}."]
     return lines
 
 
-def _usage(where: str, report: dict) -> list[str]:
+def _usage(where: str, view: ReportView) -> list[str]:
     """How to load the model (when the run made one) and a circuit (the sparse model's when it has one)."""
-    found = [(task, role) for task, by_role in (report.get("tasks") or {}).items()
-             for role, entry in by_role.items() if role != RANDOM_INIT and entry.get("circuit")]
-    found.sort(key=lambda pair: pair[1] != "sparse")
+    found = sorted(view.circuits, key=lambda row: row.model != "sparse")
     lines = ["## Use", ""]
-    if report.get("sparse") or report.get("trained"):
+    if view.trained is not None:
         lines += ["The model loads with plain transformers (no project code, no `trust_remote_code`); its zeros "
                   "are stored as zeros.", "", "```python", "from transformers import AutoModelForCausalLM", "",
                   f'model = AutoModelForCausalLM.from_pretrained("{where}")', "```", ""]
     if found:
-        task, role = found[0]
+        task, role = found[0].task, found[0].model
         which = ")  # model=\"dense\" for the dense model's" if role == "sparse" else f", model={role!r})"
         lines += ["A circuit loads with `extract` and checks itself on the task's test examples:",
                   "", "```python", "from extract import load_circuit", "",
@@ -115,33 +94,33 @@ def model_card(report: dict, recipe: Recipe, repo_id: str | None = None) -> str:
     where = repo_id or f"{recipe.output_dir}/model"
     header = "---\n" + yaml.safe_dump(card_metadata(report, recipe), sort_keys=False) + "---"
     lines = [header, "", f"# {repo_id.split('/')[-1] if repo_id else recipe.name}", ""]
-    dense, sparse = report.get("dense"), report.get("sparse") or report.get("trained")
-    if dense and sparse and "density" in sparse:
-        lines += [f"A weight-sparse fine-tune of {_origin(dense)}, made with `extract` from the recipe in "
-                  f"`recipe.yaml`: {sparse['density']:.2%} of the sparsified weights (attention and MLP matrices, "
-                  f"embeddings) are nonzero, {sparse['nonzero_params']:,} parameters in all. It was distilled from the "
+    view = report_view(report)
+    sparse = view.trained
+    if view.dense and sparse and sparse.density is not None:
+        lines += [f"A weight-sparse fine-tune of {_origin(report['dense'])}, made with `extract` from the recipe in "
+                  f"`recipe.yaml`: {sparse.density:.2%} of the sparsified weights (attention and MLP matrices, "
+                  f"embeddings) are nonzero, {sparse.nonzero_params:,} parameters in all. It was distilled from the "
                   "dense model so that task circuits pruned out of it are small enough to read.", ""]
-    if any(report.get(role) for role in ("dense", "sparse", "trained")):
-        lines += ["## Models", "", *_models_table(report), ""]
-    if sparse and "loss_ratio" in sparse:
-        lines += [f"Held-out loss is {sparse['loss_ratio']:.3f}x the dense model's (KL to dense "
-                  f"{sparse['kl_to_dense']:.4f}) after {sparse['tokens']:,} fine-tuning tokens.", ""]
-    if report.get("tasks"):
+    if view.models:
+        lines += ["## Models", "", *_models_table(view), ""]
+    if sparse and sparse.loss_ratio is not None:
+        lines += [f"Held-out loss is {sparse.loss_ratio:.3f}x the dense model's (KL to dense "
+                  f"{sparse.kl_to_dense:.4f}) after {sparse.tokens:,} fine-tuning tokens.", ""]
+    if view.rows:
+        controls = " ".join(f"{c.label[0].upper() + c.label[1:]}: {c.explanation}." for c in CONTROLS)
         lines += ["## Circuits", "",
                   f"Each task's circuit is the smallest set of nodes that alone (everything else mean-ablated) "
-                  f"reaches a task loss of {report['target_loss']} on examples the pruning never saw (the test "
-                  "split). Necessary: ablating only the circuit raises the loss to at least ln(2)/2. Controls: random "
-                  "circuits of the same shape, the task with labels that ignore the deciding detail, and a randomly "
-                  "initialised model must not reach the target.", "", *_circuit_rows(report), ""]
-        summary = report.get("summary") or {}
-        lines += [ratio_line(summary, "tasks both models solve"), ""]
-        if summary.get("controls_passed"):
-            lines += [ratio_line(summary["controls_passed"], "tasks whose controls all pass"), ""]
-        for key, label in FLAGS.items():
-            lines += [f"{label}: {', '.join(summary[key])}.", ""] if summary.get(key) else []
+                  f"reaches a task loss of {view.target_loss} on examples the pruning never saw (the test "
+                  f"split). Necessary: ablating only the circuit raises the loss to at least ln(2)/2. Beside each "
+                  f"circuit: {controls} And a randomly initialised model of the same shape, pruned the same way, must "
+                  "not reach the target either.", "", *_circuit_rows(view), ""]
+        for line in view.ratios:
+            lines += [line, ""]
+        for label, where in view.flags:
+            lines += [f"{label}: {', '.join(where)}.", ""]
         lines += ["Files: `report.json` and `report.md` (every figure), `circuits/TASK.MODEL.json` (nodes, weighted "
                   "edges, checks, test examples), `circuits/*.png` (drawings), `circuits/means/` (ablation means).", ""]
-    lines += _usage(where, report)
+    lines += _usage(where, view)
     recipe_file = "run/recipe.yaml" if repo_id else f"{recipe.output_dir}/recipe.yaml"
     lines += ["## Reproduce", "", "With extract installed (its README), from the recipe this run used:", "", "```bash",
               *([f"hf download {repo_id} recipe.yaml --local-dir run"] if repo_id else []),

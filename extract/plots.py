@@ -13,9 +13,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
+from extract.circuits.results import RANDOM_INIT  # noqa: E402
 from extract.circuits.sites import SITE_NAMES  # noqa: E402
 
-ROLE_COLOURS = {"dense": "tab:orange", "sparse": "tab:blue", "random_init": "tab:gray"}
+ROLE_COLOURS = {"dense": "tab:orange", "sparse": "tab:blue", RANDOM_INIT: "tab:gray"}
 
 
 def _save(fig, png_path: Path, dpi: int = 110) -> None:
@@ -83,10 +84,10 @@ def plot_runs(logs: dict[str, Path], png_path: Path, smooth: int = 5) -> None:
 
 
 def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, png_path: Path,
-                       tasks_report: dict | None = None) -> None:
+                       results: dict | None = None) -> None:
     """One panel per task: test task loss of the top-k circuits against their edge count, for every
-    model pruned. With the report's `tasks`, each model's chosen circuit is a star and its
-    attribution baseline a cross, so the learned mask's advantage is visible at the target."""
+    model pruned. With the TaskResults ({task: {model: result}}), each model's chosen circuit is a star
+    and its attribution baseline a cross, so the learned mask's advantage is visible at the target."""
     tasks = [t for t, by_role in curves.items() if any(by_role.values())]
     if not tasks:
         return
@@ -99,11 +100,12 @@ def plot_loss_vs_edges(curves: dict[str, dict[str, list[dict]]], target: float, 
             if points:
                 ax.plot([p["edges"] for p in points], [p["loss"] for p in points], "o-", markersize=3,
                         label=role, color=ROLE_COLOURS.get(role))
-            entry = ((tasks_report or {}).get(task) or {}).get(role) or {}
-            for found, marker, label in ((entry.get("circuit"), "*", "circuit"),
-                                         (entry.get("attribution"), "x", "attribution baseline")):
-                if found and found.get("edges"):
-                    ax.plot([found["edges"]], [found["loss"]], marker, markersize=9, color=ROLE_COLOURS.get(role),
+            result = ((results or {}).get(task) or {}).get(role)
+            found = [(result.circuit, "*", "circuit"), (result.attribution, "x", "attribution baseline")
+                     ] if result else []
+            for chosen, marker, label in found:
+                if chosen is not None and chosen.edges:
+                    ax.plot([chosen.edges], [chosen.loss], marker, markersize=9, color=ROLE_COLOURS.get(role),
                             label=f"{role} {label}")
         ax.axhline(target, color="k", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")

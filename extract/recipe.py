@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,37 @@ HUB_REPO_ID = r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}"  # what the Hub
 
 class RecipeError(UserError, ValueError):
     """A recipe that cannot run, with the file and the key that is wrong."""
+
+
+# ---------------------------------------------------------------- value ranges, beside their fields
+
+
+def _rule(test: Callable[[Any], bool], message: str) -> dict:
+    """Field metadata: the check `validate` applies to the field's value, and what it says when it fails."""
+    return {"check": (test, message)}
+
+
+def interval(low: float, high: float, bounds: str = "[]", null: bool = False, high_text: str | None = None) -> dict:
+    """A number between `low` and `high`, each end closed or open as `bounds` says: "[]", "(]", "[)", "()"."""
+    def inside(value) -> bool:
+        above = value > low if bounds[0] == "(" else value >= low
+        below = value < high if bounds[1] == ")" else value <= high
+        return above and below
+
+    text = f"must be in {bounds[0]}{low:g}, {high_text or format(high, 'g')}{bounds[1]}" + (" or null" if null else "")
+    return _rule(lambda value: (null and value is None) or inside(value), text)
+
+
+def at_least(low: float, message: str | None = None) -> dict:
+    return _rule(lambda value: math.isfinite(value) and value >= low, message or f"must be >= {low:g}")
+
+
+def above(low: float, null: bool = False) -> dict:
+    return _rule(lambda value: (null and value is None) or value > low, f"must be > {low:g}")
+
+
+POSITIVE_INT = _rule(lambda value: value > 0, "must be a positive integer")
+POSITIVE_NUMBER = _rule(lambda value: value > 0 and math.isfinite(value), "must be a positive number")
 
 
 @dataclass
@@ -47,66 +79,69 @@ class DataConfig:
     key_column: str | None = None
     train_split: str = "train"
     heldout_split: str | None = None
-    heldout_fraction: float = 0.05
+    heldout_fraction: float = field(default=0.05, metadata=interval(0, 1, "()"))
     streaming: bool = False
-    block_size: int = 256
-    heldout_blocks: int = 64
+    block_size: int = field(default=256, metadata=above(1))
+    heldout_blocks: int = field(default=64, metadata=above(0))
 
 
 @dataclass
 class SparsityConfig:
     enabled: bool = True
-    target_density: float = 1 / 32
-    min_per_unit: int = 4  # the paper's j: nonzeros kept per neuron / q,k,v channel / value channel
-    anneal_fraction: float = 0.5
+    target_density: float = field(default=1 / 32, metadata=interval(0, 1, "(]"))
+    # the paper's j: nonzeros kept per neuron / q,k,v channel / value channel
+    min_per_unit: int = field(default=4, metadata=at_least(0))
+    anneal_fraction: float = field(default=0.5, metadata=interval(0, 1))
     anneal_shape: Literal["linear", "log", "cubic"] = "cubic"  # measured best on the shipped model (docs/results.md)
     sharkfin: bool = True  # lr *= (target_density / current_density) ** sharkfin_power
     # The paper's 0.5 (a square root). Larger keeps the lr lower while the model is still dense,
     # where a fine-tuned checkpoint has nothing to relearn.
-    sharkfin_power: float = 0.5
+    sharkfin_power: float = field(default=0.5, metadata=at_least(0))
     embeddings: bool = True  # sparsify token and position embeddings too
     # Density of the token and position embeddings; the matrices then share the rest of the budget,
     # so the density over all sparsified tensors is still target_density. None: every tensor alike.
-    embedding_density: float | None = None
+    embedding_density: float | None = field(default=None, metadata=interval(0, 1, "(]", null=True))
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 0.1
-    weight_decay: float = 0.1
-    warmup_fraction: float = 0.01
+    lr: float = field(default=1e-3, metadata=POSITIVE_NUMBER)
+    betas: tuple[float, float] = field(default=(0.9, 0.95), metadata=_rule(lambda betas: all(0 <= b < 1 for b in betas),
+                                                                         "each must be in [0, 1)"))
+    eps: float = field(default=0.1, metadata=above(0))
+    weight_decay: float = field(default=0.1, metadata=at_least(0))
+    warmup_fraction: float = field(default=0.01, metadata=interval(0, 1, "[)"))
     grad_rescale_rms: bool = True  # rescale gradients to global RMS 1 every step
-    clip_grad_norm: float | None = None
+    clip_grad_norm: float | None = field(default=None, metadata=above(0, null=True))
 
 
 @dataclass
 class LossConfig:
-    ce_weight: float = 1.0
-    kl_weight: float = 1.0  # distillation to the frozen dense model
+    ce_weight: float = field(default=1.0, metadata=at_least(0))
+    kl_weight: float = field(default=1.0, metadata=at_least(0))  # distillation to the frozen dense model
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 600
-    batch_size: int = 16  # per process, per micro-step
-    gradient_accumulation_steps: int = 1
+    steps: int = field(default=600, metadata=POSITIVE_INT)
+    batch_size: int = field(default=16, metadata=POSITIVE_INT)  # per process, per micro-step
+    gradient_accumulation_steps: int = field(default=1, metadata=POSITIVE_INT)
     # auto: bf16 on GPUs that have it and on CPUs with native bf16, else float32 (fp16 on old GPUs)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     compile: bool = False  # torch.compile through Accelerate (inductor); ~1 min to compile
     # Keep only each layer's input for the backward pass and recompute the rest: activations shrink to
     # almost nothing for one more forward pass per step. For large models or batches (bench/README.md).
     gradient_checkpointing: bool = False
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    log_every: int = 10
+    eval_every: int = field(default=100, metadata=POSITIVE_INT)
+    checkpoint_every: int = field(default=100, metadata=POSITIVE_INT)
+    log_every: int = field(default=10, metadata=POSITIVE_INT)
     seed: int = 0
 
 
 @dataclass
 class EvalConfig:
-    quote_examples: int = 1000  # balanced closing-quote examples from held-out code; 0 turns it off
+    # balanced closing-quote examples from held-out code; 0 turns it off
+    quote_examples: int = field(default=1000, metadata=at_least(0))
 
 
 @dataclass
@@ -119,33 +154,39 @@ class PruneConfig:
     """Circuit pruning (METHOD.md section 3). The defaults are meant to work on every task without
     a search: one setting, and the same short list of fallback penalties, for every task and model."""
 
-    target_loss: float = 0.15  # a circuit is sufficient when its test-split task loss is at most this
-    steps: int = 100  # measured as good as 200 x 64 on the embedded model's quote task, at a quarter of the cost
-    batch_size: int = 32  # examples per mask step
-    lr: float = 3e-2
-    k_coef: float = 1e-3  # penalty per kept node
+    # a circuit is sufficient when its test-split task loss is at most this
+    target_loss: float = field(default=0.15, metadata=interval(0, math.log(2), "()", high_text="ln 2"))
+    # measured as good as 200 x 64 on the embedded model's quote task, at a quarter of the cost
+    steps: int = field(default=100, metadata=POSITIVE_INT)
+    batch_size: int = field(default=32, metadata=POSITIVE_INT)  # examples per mask step
+    lr: float = field(default=3e-2, metadata=POSITIVE_NUMBER)
+    k_coef: float = field(default=1e-3, metadata=at_least(0))  # penalty per kept node
     # Tried in order when the mask trained at k_coef misses the target on a task the model solves: a
     # high penalty can switch off a node the task needs early, before the task loss feels it.
-    k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4])
+    k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4], metadata=_rule(
+        lambda values: all(k >= 0 for k in values), "every value must be >= 0"))
     # The penalty rises linearly from 0 over this fraction of the steps, so nodes leave in order of
     # importance instead of all at once on a task the model solves almost perfectly (docs/circuits.md)
-    k_coef_ramp: float = 0.5
-    weight_decay: float = 1e-3
+    k_coef_ramp: float = field(default=0.5, metadata=interval(0, 1))
+    weight_decay: float = field(default=1e-3, metadata=at_least(0))
     betas: tuple[float, float] = (0.9, 0.95)
     # Three disjoint splits per task: the mask learns on train, bisection picks the size on validation,
     # and every reported figure (full model, circuit, checks, controls) is read on test.
-    train_pairs: int = 1000  # balanced pairs per built-in task
-    validation_pairs: int = 100
-    test_pairs: int = 100
+    train_pairs: int = field(default=1000, metadata=POSITIVE_INT)  # balanced pairs per built-in task
+    validation_pairs: int = field(default=100, metadata=POSITIVE_INT)
+    test_pairs: int = field(default=100, metadata=POSITIVE_INT)
     # Bisection keeps the smallest circuit whose validation loss plus this many standard errors of the
     # predicted test loss (validation and test noise together) is at most the target, so that the
     # circuit stays sufficient on test (docs/circuits.md: measured).
-    validation_margin_se: float = 2.0
-    random_draws: int = 10  # random circuits with the same nodes per site, per circuit: none should be sufficient
+    validation_margin_se: float = field(default=2.0, metadata=at_least(0, "must be a number >= 0"))
+    # random circuits with the same nodes per site, per circuit: none should be sufficient
+    random_draws: int = field(default=10, metadata=at_least(0))
     nonsense_control: bool = True  # prune each task's twin with labels that ignore the deciding detail
     attribution_baseline: bool = True  # attribution patching's top-k nodes, the baseline learned masks must beat
-    local_tokens: int = 4  # a task solved from the prompt's last this-many tokens is short-range
-    mean_blocks: int = 64  # held-out pretraining sequences for the mean-ablation values
+    # a task the full model solves from the prompt's last this-many tokens is short-range: it needs no context
+    short_range_tokens: int = field(default=4, metadata=POSITIVE_INT)
+    # held-out pretraining sequences for the mean-ablation values
+    mean_blocks: int = field(default=64, metadata=POSITIVE_INT)
     # "dense" (model.name_or_path), "sparse" (OUTPUT_DIR/model), or any saved model's path or Hub id
     models: list[str] = field(default_factory=lambda: ["dense", "sparse"])
     random_model_control: bool = False  # also prune a randomly initialised model of the same shape
@@ -157,7 +198,10 @@ class HubConfig:
     """Publishing a finished run to the Hugging Face Hub (docs/publishing.md). The token comes from
     huggingface_hub's usual sources (HF_TOKEN, `hf auth login`) and is never printed or saved."""
 
-    repo_id: str | None = None  # "name/repo": push when the run finishes; None: never push
+    # "name/repo": push when the run finishes; None: never push
+    repo_id: str | None = field(default=None, metadata=_rule(
+        lambda value: value is None or re.fullmatch(HUB_REPO_ID, value) is not None,
+        "must be a Hub repository id, 'namespace/name'"))
     private: bool = False  # only when the push creates the repository
     revision: str | None = None  # a branch, made from main when missing; None: main
     license: str | None = None  # the model card's license (the base model's); None: "other"
@@ -236,6 +280,10 @@ def _coerce(value, tp, where: str):
             raise RecipeError(f"{where}: expected a mapping, got {value!r}")
         key_type, value_type = typing.get_args(tp)
         return {_coerce(k, key_type, where): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
+    return _coerce_scalar(value, tp, where)
+
+
+def _coerce_scalar(value, tp, where: str):
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string: YAML 1.1's float syntax
             try:
@@ -256,84 +304,68 @@ def _coerce(value, tp, where: str):
     raise TypeError(f"unsupported annotation {tp} at {where}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def _build(cls, data: dict, prefix: str = "", problems: list[str] | None = None):
+    """`cls` from a mapping. Each key that is unknown or of the wrong type is a line in `problems` (the field
+    keeps its default, so the rest is still checked); without `problems`, the first raises."""
+    collect = [] if problems is None else problems
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in known:
-            raise RecipeError(f"{where}: unknown key (valid keys here: {', '.join(sorted(known))})")
-        kwargs[key] = _coerce(value, hints[key], where)
+            collect.append(f"{where}: unknown key (valid keys here: {', '.join(sorted(known))})")
+            continue
+        try:
+            kwargs[key] = (_build(hints[key], value, where, collect) if dataclasses.is_dataclass(hints[key])
+                           and isinstance(value, dict) else _coerce(value, hints[key], where))
+        except RecipeError as error:
+            collect.append(str(error))
+    if problems is None and collect:
+        raise RecipeError(collect[0])
     return cls(**kwargs)
 
 
 # ---------------------------------------------------------------- value checks
 
 
-def _check(condition: bool, where: str, message: str, value) -> None:
-    if not condition:
-        raise RecipeError(f"{where}: {message}, got {value!r}")
+def field_problems(config, prefix: str = "") -> list[str]:
+    """What each field's own range (its `check`, beside its default above) says about its value."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value, where = getattr(config, f.name), f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(value):
+            problems += field_problems(value, where)
+        elif "check" in f.metadata and not f.metadata["check"][0](value):
+            problems.append(f"{where}: {f.metadata['check'][1]}, got {value!r}")
+    return problems
 
 
-def validate(recipe: Recipe) -> None:
-    """Reject values that type-check but cannot run, before any work starts."""
-    s, o, t, d, lo = recipe.sparsity, recipe.optim, recipe.train, recipe.data, recipe.loss
-    _check(0 < s.target_density <= 1, "sparsity.target_density", "must be in (0, 1]", s.target_density)
-    _check(s.embedding_density is None or 0 < s.embedding_density <= 1, "sparsity.embedding_density",
-           "must be in (0, 1] or null", s.embedding_density)
-    _check(s.embedding_density is None or s.embeddings, "sparsity.embedding_density",
-           "needs sparsity.embeddings: true", s.embedding_density)
-    _check(s.min_per_unit >= 0, "sparsity.min_per_unit", "must be >= 0", s.min_per_unit)
-    _check(0 <= s.anneal_fraction <= 1, "sparsity.anneal_fraction", "must be in [0, 1]", s.anneal_fraction)
-    _check(s.sharkfin_power >= 0, "sparsity.sharkfin_power", "must be >= 0", s.sharkfin_power)
-    _check(o.lr > 0 and math.isfinite(o.lr), "optim.lr", "must be a positive number", o.lr)
-    _check(all(0 <= b < 1 for b in o.betas), "optim.betas", "each must be in [0, 1)", o.betas)
-    _check(o.eps > 0, "optim.eps", "must be > 0", o.eps)
-    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
-    _check(0 <= o.warmup_fraction < 1, "optim.warmup_fraction", "must be in [0, 1)", o.warmup_fraction)
-    _check(o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "must be > 0", o.clip_grad_norm)
-    _check(lo.ce_weight >= 0, "loss.ce_weight", "must be >= 0", lo.ce_weight)
-    _check(lo.kl_weight >= 0, "loss.kl_weight", "must be >= 0", lo.kl_weight)
-    _check(lo.ce_weight + lo.kl_weight > 0, "loss", "at least one weight must be > 0", (lo.ce_weight, lo.kl_weight))
-    for key in ("steps", "batch_size", "gradient_accumulation_steps", "eval_every", "checkpoint_every", "log_every"):
-        _check(getattr(t, key) > 0, f"train.{key}", "must be a positive integer", getattr(t, key))
-    _check(d.block_size > 1, "data.block_size", "must be > 1", d.block_size)
-    _check(d.heldout_blocks > 0, "data.heldout_blocks", "must be > 0", d.heldout_blocks)
-    _check(0 < d.heldout_fraction < 1, "data.heldout_fraction", "must be in (0, 1)", d.heldout_fraction)
-    _check(recipe.eval.quote_examples >= 0, "eval.quote_examples", "must be >= 0", recipe.eval.quote_examples)
-    p = recipe.prune
-    _check(0 < p.target_loss < math.log(2), "prune.target_loss", "must be in (0, ln 2)", p.target_loss)
-    for key in ("steps", "batch_size", "train_pairs", "validation_pairs", "test_pairs", "mean_blocks",
-                "local_tokens"):
-        _check(getattr(p, key) > 0, f"prune.{key}", "must be a positive integer", getattr(p, key))
-    _check(p.lr > 0 and math.isfinite(p.lr), "prune.lr", "must be a positive number", p.lr)
-    _check(p.k_coef >= 0, "prune.k_coef", "must be >= 0", p.k_coef)
-    _check(0 <= p.k_coef_ramp <= 1, "prune.k_coef_ramp", "must be in [0, 1]", p.k_coef_ramp)
-    _check(p.weight_decay >= 0, "prune.weight_decay", "must be >= 0", p.weight_decay)
-    _check(p.random_draws >= 0, "prune.random_draws", "must be >= 0", p.random_draws)
-    _check(p.validation_margin_se >= 0 and math.isfinite(p.validation_margin_se), "prune.validation_margin_se",
-           "must be a number >= 0", p.validation_margin_se)
-    _check(all(k >= 0 for k in p.k_coef_fallbacks), "prune.k_coef_fallbacks", "every value must be >= 0",
-           p.k_coef_fallbacks)
-    _check_tasks(recipe.tasks)
-    _check(recipe.hub.repo_id is None or re.fullmatch(HUB_REPO_ID, recipe.hub.repo_id) is not None, "hub.repo_id",
-           "must be a Hub repository id, 'namespace/name'", recipe.hub.repo_id)
-    if recipe.model.init_config is not None and recipe.loss.kl_weight > 0:
-        raise RecipeError("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
+def validate(recipe: Recipe) -> list[str]:
+    """Every value that type-checks but cannot run: each field's range, then the rules that join fields."""
+    problems = field_problems(recipe)
+    s, loss = recipe.sparsity, recipe.loss
+    if s.embedding_density is not None and not s.embeddings:
+        problems.append(f"sparsity.embedding_density: needs sparsity.embeddings: true, got {s.embedding_density!r}")
+    if loss.ce_weight >= 0 and loss.kl_weight >= 0 and loss.ce_weight + loss.kl_weight <= 0:
+        problems.append(f"loss: at least one weight must be > 0, got {(loss.ce_weight, loss.kl_weight)!r}")
+    if recipe.model.init_config is not None and loss.kl_weight > 0:
+        problems.append("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
+    return problems + _task_problems(recipe.tasks)
 
 
-def _check_tasks(tasks: list) -> None:
+def _task_problems(tasks: list) -> list[str]:
     from extract.tasks.builtin import TASKS  # light: no torch
 
-    seen = set()
+    problems, seen = [], set()
     for i, task in enumerate(tasks):
-        where = f"tasks[{i}]"
-        if isinstance(task, str):
-            _check(task in TASKS, where, f"unknown built-in task (built-in: {', '.join(TASKS)})", task)
         name = task if isinstance(task, str) else task.file
-        _check(name not in seen, where, "listed twice", name)
+        if isinstance(task, str) and task not in TASKS:
+            problems.append(f"tasks[{i}]: unknown built-in task (built-in: {', '.join(TASKS)}), got {task!r}")
+        elif name in seen:
+            problems.append(f"tasks[{i}]: listed twice, got {name!r}")
         seen.add(name)
+    return problems
 
 
 # ---------------------------------------------------------------- files and overrides
@@ -384,11 +416,24 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[Recipe, P
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
     data.setdefault("name", path.stem)
+    problems: list[str] = []
     try:
         for text in overrides:
             apply_override(data, *parse_override(text))
-        recipe = _build(Recipe, data)
-        validate(recipe)
-    except RecipeError as error:
-        raise RecipeError(f"{path}: {error}") from None
+        _rename_keys(data)
+        recipe = _build(Recipe, data, problems=problems)  # a field of the wrong type keeps its default ...
+        problems += validate(recipe)  # ... so every range and rule is checked too
+    except RecipeError as error:  # an override that cannot apply
+        problems.append(str(error))
+    if problems:  # every problem at once, each naming the file and the key
+        raise RecipeError("\n".join(f"{path}: {problem}" for problem in problems))
     return recipe, path
+
+
+RENAMED = {("prune", "local_tokens"): "short_range_tokens"}  # old key: new name (recipes saved before the rename)
+
+
+def _rename_keys(data: dict) -> None:
+    for (section, old), new in RENAMED.items():
+        if isinstance(data.get(section), dict) and old in data[section] and new not in data[section]:
+            data[section][new] = data[section].pop(old)

@@ -17,11 +17,12 @@ from extract.card import model_card
 from extract.data import prepare_heldout
 from extract.evaluation import heldout_metrics
 from extract.models import ModelLoadError, adapter_base, count_params, load_model, load_tokenizer
-from extract.outputs import report_markdown
 from extract.paths import MODEL_DIRNAME, TRAIN_LOG_FILE
 from extract.plots import plot_training
 from extract.recipe import ModelConfig, Recipe
 from extract.report_html import write_html_report
+from extract.report_md import report_markdown
+from extract.report_view import report_view
 from extract.sparsity import measured_density
 from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
@@ -104,7 +105,7 @@ def merge_circuits(report: dict, out: Path) -> dict:
         report.update(target_loss=found["target_loss"], splits=found.get("splits"), tasks=found["tasks"],
                       summary=found["summary"])
     atomic.write_json_atomic(out / "report.json", report)
-    atomic.write_text_atomic(out / "report.md", report_markdown(report))
+    atomic.write_text_atomic(out / "report.md", report_markdown(report_view(report)))
     write_html_report(out, report)
     return report
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from extract import atomic
 from extract.arch import SITE_NAMES
-from extract.circuits.checks import verdict
 from extract.circuits.describe import node_id
 from extract.circuits.files import circuit_file
-from extract.outputs import FLAGS, ratio_line
+from extract.circuits.results import CircuitChecks
 from extract.paths import ASSETS_DIR, CIRCUITS_DIRNAME
+from extract.report_view import report_view
 
 HTML_FILE = "report.html"
 PAGE_DIR = ASSETS_DIR / "report"
@@ -63,52 +63,49 @@ def write_html_report(out: Path, report: dict) -> Path:
 
 def page_data(out: Path, report: dict) -> dict:
     out = Path(out)
-    tasks = report.get("tasks") or {}
-    summary = report.get("summary") or {}
-    circuits = []
-    table = []
-    for task, by_role in tasks.items():
-        for role, entry in by_role.items():
-            path = out / CIRCUITS_DIRNAME / circuit_file(task, role)
-            record = atomic.read_json(path, "rerun the command with --stage prune") if path.is_file() else None
-            view = circuit_view(record, f"circuit-{len(circuits)}") if record and record.get("nodes") else None
-            if view:
-                circuits.append(view)
-            table.append(_table_row(task, role, entry, view))
+    view = report_view(report)
+    circuits, table = [], []
+    for row in view.rows:
+        path = out / CIRCUITS_DIRNAME / circuit_file(row.task, row.model)
+        record = atomic.read_json(path, "rerun the command with --stage prune") if path.is_file() else None
+        drawn = circuit_view(record, f"circuit-{len(circuits)}") if record and record.get("nodes") else None
+        if drawn:
+            circuits.append(drawn)
+        table.append(_table_row(row, drawn))
     # named after the recipe, not the folder: a run moved or rerun elsewhere writes the same page
-    recipe = report.get("recipe") or "-"
-    return {"title": f"Extraction report: {Path(recipe).stem}", "recipe": recipe,
+    return {"title": f"Extraction report: {Path(view.recipe).stem}", "recipe": view.recipe,
             "note": "Every circuit figure is read on each task's test split, which neither the mask nor the "
                     "choice of circuit size saw.",
-            "models": [{"role": role, **{k: report[role].get(k) for k in MODEL_FIELDS}}
-                       for role in ("dense", "sparse", "trained") if role in report],
-            "summary": _summary_lines(summary) if tasks else [],
+            "models": [{"role": m.role, **{k: getattr(m, k) for k in MODEL_FIELDS}} for m in view.models],
+            "summary": [line.replace("**", "") for line in view.ratios]
+                       + [f"{label}: {', '.join(where)}." for label, where in view.flags],
             "splits": "Sufficient: the circuit alone (everything else held at its mean) reaches the target loss. "
                       "Necessary: removing only the circuit raises the loss to at least ln(2)/2.",
-            "table": table, "images": _images(out), "circuits": circuits}
+            "table": table, "images": _images(out), "circuits": circuits, "controls": _controls(view)}
 
 
-def _summary_lines(summary: dict) -> list[str]:
-    lines = [ratio_line(summary, "tasks both models solve (circuits sufficient on test)")]
-    for key, which in (("context", "context tasks both models solve"),
-                       ("controls_passed", "tasks both models solve whose controls all pass")):
-        if summary.get(key):
-            lines.append(ratio_line(summary[key], which))
-    lines += [f"{label}: {', '.join(summary[key])}." for key, label in FLAGS.items() if summary.get(key)]
-    return [line.replace("**", "") for line in lines]
+def _controls(view) -> dict:
+    """The controls table: one row per circuit, one column per control that ran."""
+    controls = view.controls
+    rows = []
+    for row in view.circuits:
+        cells = {control.name: cell for control, cell in row.controls}
+        rows.append({"task": row.task, "model": row.model, "cells": [
+            {"summary": cells[c.name].summary.replace("**", ""), "failed": cells[c.name].failed} if cells[c.name]
+            else {"summary": "-", "failed": False} for c in controls]})
+    return {"note": "On test, for each circuit. " + " ".join(f"{c.label[0].upper() + c.label[1:]}: {c.explanation}."
+                                                             for c in controls),
+            "labels": [c.label for c in controls], "rows": rows if controls else []}
 
 
-def _table_row(task: str, role: str, entry: dict, view: dict | None) -> dict:
-    row = {"task": task, "model": role, "full_loss": entry.get("full_loss"), "anchor": view and view["anchor"]}
-    circuit = entry.get("circuit")
-    if circuit:
-        row.update(nodes=circuit["nodes"], edges=circuit["edges"], loss=circuit["loss"],
-                   ablated_loss=circuit["ablated_loss"], verdict=verdict(circuit),
-                   ok=circuit["sufficient"] and circuit["necessary"])
-    else:
-        row.update(verdict="no circuit reaches the target" if entry.get("solved") or "reached_target" in entry
-                   else "not solved by the full model", ok=True)
-    return row
+def _table_row(row, drawn: dict | None) -> dict:
+    r = row.result
+    out = {"task": row.task, "model": row.model, "full_loss": r.full_loss, "anchor": drawn and drawn["anchor"],
+           "verdict": row.verdict, "ok": row.ok}
+    if r.circuit is not None:
+        out.update(nodes=r.circuit.nodes, edges=r.circuit.edges, loss=r.circuit.loss,
+                   ablated_loss=r.circuit.ablated_loss)
+    return out
 
 
 def circuit_view(record: dict, anchor: str) -> dict:
@@ -121,13 +118,13 @@ def circuit_view(record: dict, anchor: str) -> dict:
                    key=lambda e: -abs(e[2]))
     descriptions = record.get("descriptions") or {}
     effects = {node: abs(d.get("effect") or 0.0) for node, d in descriptions.items()}
-    circuit = record.get("circuit") or {}
+    checks = CircuitChecks.from_dict(record["circuit"]) if record.get("circuit") else None
     return {"anchor": anchor, "task": record["task"], "model": record["model"], "rows": rows, "edges": edges,
             "identity": _identity_links(keys, record["nodes"]), "descriptions": descriptions,
             "leans_on": sorted(effects, key=lambda node: -effects[node])[:LEANS_ON],
             "max_effect": max(effects.values(), default=0.0), "node_count": sum(len(r["nodes"]) for r in rows),
-            "loss": circuit.get("loss"), "target": record["target_loss"],
-            "verdict": verdict(circuit) if circuit else "not checked"}
+            "loss": checks.loss if checks else None, "target": record["target_loss"],
+            "verdict": checks.verdict if checks else "not checked"}
 
 
 def _identity_links(keys: list[str], nodes: dict[str, list[int]]) -> list[list[str]]:

@@ -67,6 +67,11 @@ def _display_path(path: Path) -> str:
     return f"recipes/{resolved.name}" if resolved.parent == RECIPES_DIR.resolve() else str(path)
 
 
+def _print_error(error: Exception) -> None:
+    """A user's error as `error: ...` lines on stderr, one per problem (a recipe can have several)."""
+    print("\n".join(f"error: {line}" for line in str(error).splitlines()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, phase=None) -> int:
     """The command line. `phase`: a hook around the training loop's phases (extract/train.py), for benchmarks."""
     args = build_parser().parse_args(argv)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None, phase=None) -> int:
     try:
         recipe, recipe_path = load_recipe(args.recipe, overrides)
     except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        _print_error(error)
         return 2
     pushes = args.stage == "push" or (args.stage == "all" and recipe.hub.repo_id is not None)
     if pushes and recipe.hub.repo_id is None:
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None, phase=None) -> int:
             with output_lock(out) if (out / "report.json").is_file() else contextlib.nullcontext():
                 _push(recipe)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            _print_error(error)
             return 1
         return 0
 
@@ -121,13 +126,13 @@ def main(argv: list[str] | None = None, phase=None) -> int:
         with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
             return _run_stages(args, recipe, recipe_path, pushes, accelerator, phase)
     except UserError as error:  # anything else is a bug in this project: keep its traceback
-        print(f"error: {error}", file=sys.stderr)
+        _print_error(error)
         return 1
 
 
 def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phase=None) -> int:
     """The stages in order, with the output folder locked by this run."""
-    from extract.outputs import check_recipe, save_recipe, summary_lines
+    from extract.outputs import check_recipe, save_recipe
     from extract.report import write_report
     from extract.train import train
 
@@ -142,8 +147,8 @@ def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phas
     # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
     if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
         from extract.circuits.stage import prune_stage
-        from extract.outputs import ratio_line
         from extract.report import refresh_report
+        from extract.report_view import ratio_line
 
         pruned = prune_stage(recipe, accelerator.device)
         if args.stage == "prune":
@@ -152,8 +157,11 @@ def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phas
                 print(ratio_line(pruned["summary"], "tasks both models solve").replace("**", ""))
             print(f"report: {Path(recipe.output_dir) / 'report.md'} (and report.html, to explore the circuits)")
     if args.stage in ("report", "all") and accelerator.is_main_process:
+        from extract.report_md import summary_lines
+        from extract.report_view import report_view
+
         report = write_report(recipe, _display_path(recipe_path), accelerator.device)
-        print("\n".join(summary_lines(report)))
+        print("\n".join(summary_lines(report_view(report))))
         print(f"report: {Path(recipe.output_dir) / 'report.json'} (and report.md; report.html to explore the circuits)")
     if pushes and accelerator.is_main_process:
         _push(recipe)

@@ -12,18 +12,19 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from extract.paths import RECIPES_DIR
 from extract.recipe import Recipe, RecipeError, load_recipe
 
 
 def _leaves(cls, prefix=""):
-    """(dotted key, annotation) of every field of the recipe, nested sections walked."""
+    """(dotted key, annotation, field) of every field of the recipe, nested sections walked."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, key = hints[f.name], f"{prefix}{f.name}"
         if dataclasses.is_dataclass(tp):
             yield from _leaves(tp, key + ".")
         else:
-            yield key, tp
+            yield key, tp, f
 
 
 def _wrong_value(tp):
@@ -35,7 +36,7 @@ def _wrong_value(tp):
     return {"oops": 1}
 
 
-FIELDS = [(key, tp) for key, tp in _leaves(Recipe) if tp is not typing.Any]
+FIELDS = [(key, tp) for key, tp, _ in _leaves(Recipe) if tp is not typing.Any]
 
 
 @pytest.mark.parametrize("key, tp", FIELDS, ids=[key for key, _ in FIELDS])
@@ -62,8 +63,9 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "train.log_every": -1, "data.block_size": 1, "data.heldout_blocks": 0, "data.heldout_fraction": 1.0,
     "eval.quote_examples": -1, "prune.target_loss": 0.7, "prune.steps": 0, "prune.batch_size": 0,
     "prune.train_pairs": 0, "prune.validation_pairs": 0, "prune.test_pairs": 0, "prune.mean_blocks": 0,
-    "prune.local_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.k_coef_ramp": 1.5, "prune.weight_decay": -1,
-    "prune.random_draws": -1, "prune.validation_margin_se": -1, "prune.k_coef_fallbacks": [-1],
+    "prune.short_range_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.k_coef_ramp": 1.5,
+    "prune.weight_decay": -1, "prune.random_draws": -1, "prune.validation_margin_se": -1,
+    "prune.k_coef_fallbacks": [-1],
     "hub.repo_id": "no-namespace",
 }
 
@@ -78,18 +80,32 @@ def test_every_impossible_value_is_named(key):
 
 
 def test_the_catalogue_covers_every_check():
-    """Each key recipe.validate checks has a case above (a new check without one fails here)."""
+    """Each field with a range (its `check`, beside its default in extract/recipe.py) and each key the rules
+    of recipe.validate name has a case above: a new check without one fails here."""
     import inspect
 
     from extract import recipe
 
-    source = inspect.getsource(recipe.validate)
-    checked = set(re.findall(r'"((?:sparsity|optim|loss|train|data|eval|prune|hub)\.[a-z_]+)"', source))
-    checked |= {f"train.{k}" for k in ("steps", "batch_size", "gradient_accumulation_steps", "eval_every",
-                                        "checkpoint_every", "log_every")}
-    checked |= {f"prune.{k}" for k in ("steps", "batch_size", "train_pairs", "validation_pairs", "test_pairs",
-                                        "mean_blocks", "local_tokens")}
+    checked = {key for key, _, f in _leaves(Recipe) if "check" in f.metadata}
+    assert {"sparsity.target_density", "prune.k_coef_ramp", "hub.repo_id", "train.steps"} <= checked
+    checked |= set(re.findall(r'"((?:sparsity|optim|loss|train|data|eval|prune|hub)\.[a-z_]+)', inspect.getsource(
+        recipe.validate)))
     assert checked <= set(IMPOSSIBLE), sorted(checked - set(IMPOSSIBLE))
+
+
+def test_every_problem_of_a_recipe_is_reported_at_once(tmp_path):
+    """A type error, an unknown key and two values out of range: four lines, each naming the file and the key;
+    the command line prints each as an error."""
+    bad = ["sparsity.target_density=0", "optim.lr=-1", "train.stepz=3", "prune.steps=many"]
+    with pytest.raises(RecipeError) as error:
+        load_recipe("tiny-python", bad)
+    lines = str(error.value).splitlines()
+    assert len(lines) == 4 and all(line.startswith(str(RECIPES_DIR / "tiny-python.yaml")) for line in lines)
+    for key in ("sparsity.target_density: must be in (0, 1]", "optim.lr: must be a positive number",
+                "train.stepz: unknown key", "prune.steps: expected an integer"):
+        assert any(key in line for line in lines), (key, lines)
+    proc = run_cli("--stage", "sparsify", *bad, f"output_dir={tmp_path}", check=False)
+    assert proc.returncode == 2 and proc.stderr.count(f"error: {RECIPES_DIR / 'tiny-python.yaml'}: ") == 4, proc.stderr
 
 
 def test_both_loss_weights_zero_and_a_teacherless_kl_are_refused():

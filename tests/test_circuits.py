@@ -218,18 +218,18 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
     too_high = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-3, k_coef_fallbacks=[], k_coef_ramp=0.0,
                            nonsense_control=False, attribution_baseline=False)
     alone = find_circuit(model, sites, means, task, too_high)
-    assert alone.result["solved"] and alone.result["circuit"] is None and not alone.result["reached_target"]
-    assert [a["k_coef"] for a in alone.result["attempts"]] == [3e-3]
+    assert alone.result.solved and alone.result.circuit is None and not alone.result.reached_target
+    assert [a.k_coef for a in alone.result.attempts] == [3e-3]
 
     tried = []
     with_fallbacks = dataclasses.replace(too_high, k_coef_fallbacks=[1e-3, 3e-4])
     retried = find_circuit(model, sites, means, task, with_fallbacks, on_attempt=tried.append)
     assert tried == ["k_coef=0.003", "k_coef=0.001", "k_coef=0.0003"]
-    assert [a["reached_target"] for a in retried.result["attempts"]] == [False, False, True]
-    assert retried.result["k_coef"] == 3e-4 and retried.result["reached_target"]
-    circuit = retried.result["circuit"]
-    assert circuit["loss"] <= 0.15 and circuit["sufficient"] and circuit["necessary"]
-    assert retried.result["mask_kept_nodes"] == retried.result["attempts"][-1]["mask_kept_nodes"] >= circuit["nodes"]
+    assert [a.reached_target for a in retried.result.attempts] == [False, False, True]
+    assert retried.result.k_coef == 3e-4 and retried.result.reached_target
+    circuit = retried.result.circuit
+    assert circuit.loss <= 0.15 and circuit.sufficient and circuit.necessary
+    assert retried.result.mask_kept_nodes == retried.result.attempts[-1].mask_kept_nodes >= circuit.nodes
 
     from extract.circuits.stage import circuit_line
 
@@ -279,17 +279,17 @@ def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():
     cfg = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-4, k_coef_fallbacks=[], random_draws=3,
                       nonsense_control=False, attribution_baseline=False)
     honest = find_circuit(model, sites, means, task, cfg).result
-    circuit = honest["circuit"]
-    margin = 2 * circuit["validation_loss_se"] * (1 + len(task.validation) / len(task.test)) ** 0.5
-    assert circuit["validation_loss"] + margin == pytest.approx(circuit["validation_bound"])
-    assert circuit["validation_bound"] <= 0.15
-    assert circuit["sufficient"] and circuit["loss"] != circuit["validation_loss"]
+    circuit = honest.circuit
+    margin = 2 * circuit.validation_loss_se * (1 + len(task.validation) / len(task.test)) ** 0.5
+    assert circuit.validation_loss + margin == pytest.approx(circuit.validation_bound)
+    assert circuit.validation_bound <= 0.15
+    assert circuit.sufficient and circuit.loss != circuit.validation_loss
     swapped = find_circuit(model, sites, means, TaskData("copy", task.train, task.validation, flipped), cfg,
                            prune_unsolved=True).result
-    assert swapped["full_loss"] > 3 and not swapped["solved"]  # the full model, on test
-    assert swapped["circuit"]["validation_loss"] == pytest.approx(circuit["validation_loss"])  # same choice
-    assert swapped["circuit"]["nodes"] == circuit["nodes"]
-    assert swapped["circuit"]["loss"] > 3 and not swapped["circuit"]["sufficient"]  # read on test
+    assert swapped.full_loss > 3 and not swapped.solved  # the full model, on test
+    assert swapped.circuit.validation_loss == pytest.approx(circuit.validation_loss)  # same choice
+    assert swapped.circuit.nodes == circuit.nodes
+    assert swapped.circuit.loss > 3 and not swapped.circuit.sufficient  # read on test
 
 
 def test_attribution_scores_match_finite_differences():

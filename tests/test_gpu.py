@@ -62,12 +62,12 @@ def test_find_circuit_on_the_device_finds_the_cpu_circuit():
     cfg = PruneConfig(steps=200, batch_size=32, lr=3e-2, k_coef=3e-4, k_coef_fallbacks=[])
     on_cpu = find_circuit(model, sites, means, task, cfg)
     on_device = find_circuit(copy.deepcopy(model).to(DEVICE), sites, means, task, cfg)
-    assert on_device.result["device"].startswith(DEVICE) and on_cpu.result["device"] == "cpu"
-    cpu_circuit, circuit = on_cpu.result["circuit"], on_device.result["circuit"]
-    assert circuit["sufficient"] and circuit["necessary"]
+    assert on_device.result.device.startswith(DEVICE) and on_cpu.result.device == "cpu"
+    cpu_circuit, circuit = on_cpu.result.circuit, on_device.result.circuit
+    assert circuit.sufficient and circuit.necessary
     # the same seeded mask on both: the same circuit up to float rounding in the mask steps
-    assert abs(circuit["nodes"] - cpu_circuit["nodes"]) <= max(2, cpu_circuit["nodes"] // 10)
-    assert circuit["loss"] == pytest.approx(cpu_circuit["loss"], abs=0.05)
+    assert abs(circuit.nodes - cpu_circuit.nodes) <= max(2, cpu_circuit.nodes // 10)
+    assert circuit.loss == pytest.approx(cpu_circuit.loss, abs=0.05)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

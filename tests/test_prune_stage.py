@@ -1,4 +1,5 @@
 """The prune stage through the command line, on a tiny GPT-2 trained in the test to close quotes."""
+import ast
 import json
 import os
 import subprocess
@@ -77,14 +78,18 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
                                   model(torch.tensor([task.test[0].prompt_ids])).logits)
     with pytest.raises(CircuitLoadError, match="not the ones the circuit was found on"):
         load_circuit(out, "quotes", model=str(model_dir), model_path=tiny_model_dir)
-    # a reader's process loads and checks it without the training loop, Accelerate or matplotlib
-    heavy = ("accelerate", "matplotlib", "extract.train", "extract.circuits.stage")
-    script = ("import sys, extract\n"
-              f"extract.load_circuit({str(out)!r}, 'quotes', model={str(model_dir)!r}).check(random_draws=1)\n"
-              f"print(sorted({{m for m in sys.modules if m.startswith({heavy!r})}}))")
-    reader = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert reader.stdout.strip() == "[]", reader.stdout
+    # a reader's process: `load_circuit` imports neither the training loop, Accelerate nor matplotlib, and
+    # loading and checking a circuit brings in none of extract's training or pruning code (transformers'
+    # own weight loader imports Accelerate wherever it is installed)
+    heavy = ("accelerate", "matplotlib", "extract.train", "extract.circuits.stage", "extract.sparsifier")
+    for call, allowed in (("", ()), (f"({str(out)!r}, 'quotes', model={str(model_dir)!r}).check(random_draws=1)",
+                                     ("accelerate",))):
+        script = (f"import sys, extract\nextract.load_circuit{call}\n"
+                  f"print(sorted({{m.split('.')[0] if m.startswith('accelerate') else m for m in sys.modules\n"
+                  f"              if m.startswith({heavy!r})}}))")
+        reader = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert not set(ast.literal_eval(reader.stdout)) - set(allowed), (call, reader.stdout)
 
     # the same command again (as after an interruption) reuses the finished (task, model) result
     rerun = run_cli(*args)
@@ -145,19 +150,24 @@ def test_prune_stage_without_tasks_says_so(write_recipe, tmp_path):
 
 
 def _entry(edges, *, short_range=False, sufficient=True, random_reached=0, nonsense=False, attribution=None):
-    return {"full_loss": 0.05, "full_accuracy": 0.99, "local_loss": 0.1 if short_range else 0.6,
-            "short_range": short_range, "solved": True, "k_coef": 1e-3, "attempts": [{"k_coef": 1e-3}],
-            "circuit": {"nodes": 10, "edges": edges, "loss": 0.1 if sufficient else 0.2, "validation_loss": 0.08,
-                        "calibrated_loss": 0.05, "ablated_loss": 2.0, "sufficient": sufficient, "necessary": True,
-                        "fits_through_ablation": False, "random_draws": 10, "random_loss": 2.0,
-                        "random_loss_min": 1.0, "random_reached": random_reached},
-            "nonsense": {"mask_loss": 0.7, "loss": None, "reached_target": nonsense},
-            "attribution": {"nodes": 50, "edges": attribution or 10 * edges, "loss": 0.12}}
+    from extract.circuits.results import Attempt, AttributionBaseline, CircuitChecks, NonsenseControl, TaskResult
+
+    return TaskResult(
+        full_loss=0.05, full_accuracy=0.99, short_range_loss=0.1 if short_range else 0.6, short_range=short_range,
+        solved=True, attempts=[Attempt(1e-3, 40, True)],
+        circuit=CircuitChecks(nodes=10, edges=edges, loss=0.1 if sufficient else 0.2, sufficient=sufficient,
+                              validation_loss=0.08, calibrated_loss=0.05, ablated_loss=2.0, necessary=True,
+                              random_draws=10, random_loss=2.0, random_loss_min=1.0, random_reached=random_reached),
+        nonsense=NonsenseControl(full_loss=0.7, mask_loss=0.7, k_coef=[1e-3], chosen_on_validation=nonsense, nodes=None,
+                                 loss=None, reached_target=nonsense),
+        attribution=AttributionBaseline(nodes=50, edges=attribution or 10 * edges, loss=0.12, sufficient=True))
 
 
 def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_and_lists_failed_controls():
+    from extract.circuits.results import tasks_from_dict, tasks_to_dict
     from extract.circuits.stage import summarise
-    from extract.outputs import report_markdown
+    from extract.report_md import report_markdown
+    from extract.report_view import report_view
 
     tasks = {"quote": {"dense": _entry(1600), "sparse": _entry(100)},
              "short": {"dense": _entry(900, short_range=True), "sparse": _entry(100, short_range=True)},
@@ -173,12 +183,68 @@ def test_summary_compares_tasks_sufficient_on_test_over_all_and_context_tasks_an
     assert summary["random_init_chosen"] == summary["random_init_reached"] == []
     # "missed" is not compared, so every compared task's controls pass
     assert summary["controls_passed"]["tasks_compared"] == ["quote", "short"]
-    tasks["short"]["sparse"]["nonsense"]["reached_target"] = True  # a twin that fits its nonsense labels
+    tasks["short"]["sparse"].nonsense.reached_target = True  # a twin that fits its nonsense labels
     assert summarise(tasks)["controls_passed"]["tasks_compared"] == ["quote"]
-    tasks["quote"]["dense"]["circuit"]["random_reached"] = 1  # a random circuit that does the task
+    tasks["quote"]["dense"].circuit.random_reached = 1  # a random circuit that does the task
     assert summarise(tasks)["controls_passed"]["tasks_compared"] == []
-    md = report_markdown({"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks, "summary": summary})
+    report = {"recipe": "r.yaml", "target_loss": 0.15, "tasks": tasks_to_dict(tasks), "summary": summary}
+    assert tasks_from_dict(report["tasks"]) == tasks  # the typed results round-trip through report.json
+    md = report_markdown(report_view(report))
     assert "a ratio of **16.0x**" in md and "both models solve (circuits sufficient on test) (2: quote, short)" in md
     assert "0.600 |" in md and "0.100 (short-range)" in md  # last-tokens losses
     assert "| missed | sparse | 2.000 / 1.000 / 2 of 10 | 0.700 / - / **REACHES** | 50 / 40 / 0.120 |" in md
     assert "Circuits whose nonsense twin reaches the target (pruning can fit the labels): missed / sparse." in md
+
+
+def _shuffled_prompts(inputs) -> dict:
+    """A trivial control: the circuit's loss on the test prompts with their tokens shuffled."""
+    import random
+
+    from extract.circuits.prune import scores_with_gates
+    from extract.tasks.examples import TaskExample
+
+    rng = random.Random(0)
+    shuffled = [TaskExample(tuple(rng.sample(e.prompt_ids, len(e.prompt_ids))), e.target_id, e.alternative_id)
+                for e in inputs.task.test]
+    loss = scores_with_gates(inputs.model, inputs.mask, inputs.gates, shuffled)["loss"]
+    return {"loss": loss, "reached_target": loss <= inputs.config.target_loss}
+
+
+def test_a_new_control_is_one_definition_that_every_report_shows(write_recipe, tmp_path, quote_model):
+    """Adding a control is one `Control` in extract/circuits/controls.py: this test adds one at run time
+    and it is computed for the circuit and shown in report.json, report.md, report.html and the card."""
+    from extract.card import model_card
+    from extract.circuits import controls
+    from extract.circuits.stage import prune_stage
+    from extract.recipe import load_recipe
+    from extract.report import refresh_report
+
+    def cell(result):
+        data = result.controls.get("shuffled_prompts")
+        return data and controls.ControlCell(f"{data['loss']:.3f}", data["reached_target"],
+                                             "the circuit reaches the target on shuffled prompts")
+
+    shuffled = controls.Control("shuffled_prompts", "shuffled prompts",
+                                "the circuit on the test prompts with their tokens shuffled (loss; it should miss)",
+                                "shuffled_reached", "Circuits that reach the target on shuffled prompts", cell,
+                                run=_shuffled_prompts)
+    model_dir, task_file = quote_model
+    out = tmp_path / "controls"
+    recipe, _ = load_recipe(str(write_recipe(tasks=[{"file": str(task_file)}])),
+                            [f"output_dir={out}", f"prune.models=[{model_dir}]", *PRUNE, "prune.random_draws=2",
+                             "prune.nonsense_control=false", "prune.attribution_baseline=false"])
+    controls.CONTROLS.append(shuffled)
+    try:
+        prune_stage(recipe, "cpu")
+        report = refresh_report(out, "tiny.yaml")
+        card = model_card(report, recipe)
+    finally:
+        controls.CONTROLS.remove(shuffled)
+    entry = report["tasks"]["quotes"][str(model_dir)]
+    assert entry["circuit"]["sufficient"]
+    loss = entry["controls"]["shuffled_prompts"]["loss"]
+    assert loss > entry["circuit"]["loss"]  # the deciding detail is scrambled
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "| random circuits | shuffled prompts |" in md and f"| {loss:.3f} |" in md
+    assert '"labels":["random circuits","shuffled prompts"]' in html and f'"summary":"{loss:.3f}"' in html
+    assert "Shuffled prompts: the circuit on the test prompts with their tokens shuffled" in card

@@ -19,12 +19,6 @@ from extract.circuits.prune import scores_with_gates
 NECESSARY_LOSS = math.log(2) / 2
 
 
-def verdict(circuit: dict) -> str:
-    """'sufficient, necessary' or which of the two a circuit's checks failed, in capitals."""
-    return (("sufficient" if circuit.get("sufficient") else "NOT sufficient") + ", "
-            + ("necessary" if circuit.get("necessary") else "NOT necessary"))
-
-
 def random_gates_like(gates: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
     """Gates keeping as many nodes at every site as `gates` does, at random positions."""
     generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same circuit on every device

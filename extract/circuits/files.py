@@ -36,7 +36,7 @@ def circuit_record(model, task: str, role: str, model_path: str, found, cfg: Pru
     """`cfg`: the pruning settings; `weights`: the model's fingerprint; `means_file`: the ablation means,
     relative to the circuits folder; `test`: the examples every reported figure was read on."""
     record = {"format": FORMAT_VERSION, "task": task, "model": role, "model_path": model_path, "weights": weights,
-              "means_file": means_file, "target_loss": cfg.target_loss, "prune": asdict(cfg), **found.result,
+              "means_file": means_file, "target_loss": cfg.target_loss, "prune": asdict(cfg), **found.result.to_dict(),
               "curve": found.curve,
               "test_examples": [[list(e.prompt_ids), e.target_id, e.alternative_id] for e in test],
               "nodes": None, "edges": None}

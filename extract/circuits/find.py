@@ -4,7 +4,7 @@ loss against size.
 The same function runs for the dense model, the sparse model and the random-init control, so
 nothing special-cases either (DESIGN.md). Splits (METHOD.md section 4, "Unseen examples"): the mask
 learns on train, bisection picks the circuit size on validation, and every figure returned is read
-on test. Everything returned is plain data for the report and the circuit file.
+on test. The result is a TaskResult (results.py), written to the report and the circuit file.
 """
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ import torch
 from extract.circuits.attribution import attribution_circuit
 from extract.circuits.calibrate import calibrate_circuit
 from extract.circuits.checks import check_circuit
+from extract.circuits.controls import CONTROLS, ControlInputs
 from extract.circuits.edges import count_edges
 from extract.circuits.masks import NodeMask
 from extract.circuits.prune import gates_of, mask_ranking, scores_with_gates, smallest_circuit, train_mask
+from extract.circuits.results import Attempt, AttributionBaseline, CircuitChecks, NonsenseControl, TaskResult
 from extract.circuits.sites import Site
 from extract.recipe import PruneConfig
 from extract.tasks.examples import TaskExample, last_tokens, two_way_scores
@@ -54,7 +56,7 @@ class TaskData:
 
 @dataclass
 class Found:
-    result: dict  # the report entry: full_loss, full_accuracy, solved, circuit (or None), ...
+    result: TaskResult
     gates: dict[str, torch.Tensor] | None  # the circuit's 0/1 gates per site, None without one
     curve: list[dict]  # [{"nodes", "edges", "loss"}] along the tau ranking, on test
 
@@ -95,8 +97,7 @@ def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_at
         train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
         found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss,
                                  cfg.validation_margin_se, len(task.test))
-        attempts.append({"k_coef": k_coef, "mask_kept_nodes": int((mask.flat_taus() > 0).sum()),
-                         "reached_target": found is not None})
+        attempts.append(Attempt(k_coef, int((mask.flat_taus() > 0).sum()), found is not None))
         if found is not None:
             break
     return mask, found, attempts
@@ -114,41 +115,44 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     model.eval()
     start = time.time()
     full = two_way_scores(model, task.test)
-    local = two_way_scores(model, last_tokens(task.test, cfg.local_tokens))
-    result = {"full_loss": full["loss"], "full_accuracy": full["accuracy"], "local_loss": local["loss"],
-              "short_range": local["loss"] <= cfg.target_loss, "solved": full["loss"] <= cfg.target_loss,
-              "circuit": None, "device": str(next(model.parameters()).device),
-              "examples": {"train": len(task.train_examples()) if not callable(task.train) else None,
-                           "validation": len(task.validation), "test": len(task.test)}}
-    if not result["solved"] and not prune_unsolved:
+    short = two_way_scores(model, last_tokens(task.test, cfg.short_range_tokens))
+    result = TaskResult(full_loss=full["loss"], full_accuracy=full["accuracy"], short_range_loss=short["loss"],
+                        short_range=short["loss"] <= cfg.target_loss, solved=full["loss"] <= cfg.target_loss,
+                        device=str(next(model.parameters()).device),
+                        examples={"train": len(task.train_examples()) if not callable(task.train) else None,
+                                  "validation": len(task.validation), "test": len(task.test)})
+    if not result.solved and not prune_unsolved:
         return Found(result, None, [])
-    mask, found, attempts = _prune(model, sites, means, task, cfg, on_step, on_attempt)
-    result["examples"]["train"] = len(task.train_examples())
-    result.update(k_coef=attempts[-1]["k_coef"], mask_kept_nodes=attempts[-1]["mask_kept_nodes"], attempts=attempts,
-                  reached_target=found is not None)
+    mask, found, result.attempts = _prune(model, sites, means, task, cfg, on_step, on_attempt)
+    result.examples["train"] = len(task.train_examples())
     curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
     # the lowest test loss this mask offers, with every node it kept: the curve's last point
-    result["mask_loss"] = curve[-1]["loss"] if curve else None
+    result.mask_loss = curve[-1]["loss"] if curve else None
     gates = None
     if found is not None:
         gates, chosen_on = found
-        circuit = check_circuit(model, mask, gates, task.test, cfg.target_loss, cfg.random_draws, cfg.seed)
-        circuit.update(validation_loss=chosen_on["loss"], validation_loss_se=chosen_on["loss_se"],
-                       validation_bound=chosen_on["bound"],
-                       fits_through_ablation=fits_through_ablation(circuit["loss"], full["loss"]))
+        checks = check_circuit(model, mask, gates, task.test, cfg.target_loss, cfg.random_draws, cfg.seed)
         calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.test)
-        circuit["calibrated_loss"], circuit["calibration"] = calibrated, calibration.as_dict()
-        result["circuit"] = circuit
+        result.circuit = CircuitChecks.from_dict({
+            **checks, "validation_loss": chosen_on["loss"], "validation_loss_se": chosen_on["loss_se"],
+            "validation_bound": chosen_on["bound"],
+            "fits_through_ablation": fits_through_ablation(checks["loss"], full["loss"]),
+            "calibrated_loss": calibrated, "calibration": calibration.as_dict()})
         if controls and cfg.attribution_baseline:
-            result["attribution"] = attribution_circuit(model, mask, task.train_examples(), task.validation,
-                                                        task.test, cfg.target_loss, cfg.validation_margin_se)
+            result.attribution = AttributionBaseline(**attribution_circuit(
+                model, mask, task.train_examples(), task.validation, task.test, cfg.target_loss,
+                cfg.validation_margin_se))
         if controls and cfg.nonsense_control:
-            result["nonsense"] = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
-    result["prune_seconds"] = time.time() - start
+            result.nonsense = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
+        if controls:
+            inputs = ControlInputs(model, mask, gates, task, cfg)
+            result.controls = {c.name: c.run(inputs) for c in CONTROLS if c.run is not None}
+    result.prune_seconds = time.time() - start
     return Found(result, gates, curve)
 
 
-def nonsense_control(model, sites, means, task: TaskData, cfg: PruneConfig, on_step=None, on_attempt=None) -> dict:
+def nonsense_control(model, sites, means, task: TaskData, cfg: PruneConfig, on_step=None,
+                     on_attempt=None) -> NonsenseControl:
     """Prune the task's nonsense twin with the same settings and retries; it should reach nothing."""
     def attempt(label: str) -> None:
         if on_attempt is not None:
@@ -156,11 +160,10 @@ def nonsense_control(model, sites, means, task: TaskData, cfg: PruneConfig, on_s
 
     twin = find_circuit(model, sites, means, task.nonsense(cfg.seed), cfg, prune_unsolved=True, controls=False,
                         on_step=on_step, on_attempt=attempt).result
-    circuit = twin["circuit"] or {}
-    return {"full_loss": twin["full_loss"], "mask_loss": twin["mask_loss"],
-            "k_coef": [a["k_coef"] for a in twin["attempts"]],
-            "chosen_on_validation": twin["reached_target"], "nodes": circuit.get("nodes"),
-            "loss": circuit.get("loss"), "reached_target": bool(circuit.get("sufficient"))}
+    circuit = twin.circuit
+    return NonsenseControl(full_loss=twin.full_loss, mask_loss=twin.mask_loss, k_coef=[a.k_coef for a in twin.attempts],
+                           chosen_on_validation=twin.reached_target, nodes=circuit.nodes if circuit else None,
+                           loss=circuit.loss if circuit else None, reached_target=twin.sufficient)
 
 
 def geometric_mean(values: list[float]) -> float | None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from extract.circuits.checks import check_circuit, verdict
+from extract.circuits.checks import check_circuit
 from extract.circuits.files import circuit_file, gates_from_record, read_circuit, test_examples
 from extract.circuits.masks import NodeMask
 from extract.circuits.prune import scores_with_gates
+from extract.circuits.results import CircuitChecks
 from extract.circuits.sites import node_sites
 from extract.errors import UserError
 from extract.hub import RunFiles, is_hub_id
@@ -82,8 +83,8 @@ class Circuit:
     def check(self, random_draws: int | None = None) -> dict:
         """Recompute the run's checks on the test split: loss, sufficient, necessary (the loss with the
         circuit ablated) and the random circuits of the same shape (as many draws as the run made)."""
-        circuit = self.record.get("circuit") or {}
-        draws = circuit.get("random_draws", 10) if random_draws is None else random_draws
+        claimed = self.claimed
+        draws = (claimed.random_draws if claimed else 10) if random_draws is None else random_draws
         seed = self.record["prune"]["seed"]
         return check_circuit(self.model, self.mask, self.gates(), self.examples, self.record["target_loss"],
                              draws, seed)
@@ -93,11 +94,17 @@ class Circuit:
         self.mask.to(device)
         return self
 
+    @property
+    def claimed(self) -> CircuitChecks | None:
+        """The checks the run reported for this circuit (on the same test examples)."""
+        return CircuitChecks.from_dict(self.record["circuit"]) if self.record.get("circuit") else None
+
     def __repr__(self) -> str:
-        claimed = self.record.get("circuit") or {}
-        return (f"Circuit({self.task!r} on the {self.role} model: {claimed.get('nodes', 0):,} nodes, "
-                f"{len(self.edges):,} edges; reported test loss {claimed.get('loss', float('nan')):.4f} on "
-                f"{len(self.examples)} examples, {verdict(claimed)} at target {self.record['target_loss']})")
+        claimed = self.claimed
+        nodes, loss = (claimed.nodes, claimed.loss) if claimed else (0, float("nan"))
+        return (f"Circuit({self.task!r} on the {self.role} model: {nodes:,} nodes, {len(self.edges):,} edges; "
+                f"reported test loss {loss:.4f} on {len(self.examples)} examples, "
+                f"{claimed.verdict if claimed else 'not checked'} at target {self.record['target_loss']})")
 
 
 def _model_source(files: RunFiles, record: dict, role: str, model_path: str | None) -> ModelConfig:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import atomic
+from extract.circuits.controls import CONTROLS
 from extract.circuits.describe import describe_circuit
 from extract.circuits.files import (
     FORMAT_VERSION,
@@ -29,11 +30,11 @@ from extract.circuits.files import (
 )
 from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric_mean
 from extract.circuits.masks import NodeMask
+from extract.circuits.results import RANDOM_INIT, TaskResult, tasks_to_dict
 from extract.circuits.sites import node_sites, site_means
 from extract.data import prepare_heldout
 from extract.errors import MissingFileError
 from extract.models import load_model, load_tokenizer, weights_fingerprint
-from extract.outputs import penalties_tried, retry_note
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME
 from extract.recipe import ModelConfig, Recipe, RecipeError, TaskFileRef
 from extract.tasks.builtin import builtin_task
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 RESULTS_DIRNAME = "results"  # one finished (task, model) per file: what a rerun resumes from
 SUMMARY_FILE = "circuits.json"
 MEANS_DIRNAME = "means"  # cached ablation means, one file per (weights, held-out text)
-RANDOM_INIT = "random_init"
 MAX_DRAWN_EDGES = 3000  # beyond this a drawing is a hairball (dense circuits are not drawn)
 
 
@@ -147,9 +147,9 @@ def result_key(recipe: Recipe, fingerprint: str, means: dict[str, torch.Tensor],
     return digest.hexdigest()[:16]
 
 
-def _circuit_file_reads(path: Path, result: dict) -> bool:
+def _circuit_file_reads(path: Path, result: TaskResult) -> bool:
     """Whether a finished (task, model)'s circuit file, if it has one, is still whole."""
-    if "mask_kept_nodes" not in result:  # skipped as unsolved: no file
+    if not result.pruned:  # skipped as unsolved: no file
         return True
     try:
         json.loads(path.read_text())
@@ -158,64 +158,53 @@ def _circuit_file_reads(path: Path, result: dict) -> bool:
     return True
 
 
-def load_result(path: Path, key: str) -> dict | None:
-    """A finished (task, model) from an earlier run of the same settings on the same model, or None."""
+def load_result(path: Path, key: str) -> tuple[TaskResult, list[dict]] | None:
+    """(result, loss-vs-size curve) of a finished (task, model) from an earlier run of the same settings on
+    the same model, or None."""
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return saved if saved.get("key") == key else None
+    return (TaskResult.from_dict(saved["result"]), saved["curve"]) if saved.get("key") == key else None
 
 
 DEFAULT_COMPARED = ("dense", "sparse")
 
 
-def _sufficient(entry: dict | None) -> bool:
-    return bool(entry and entry.get("circuit") and entry["circuit"]["sufficient"])
-
-
-def _ratio(tasks: dict, names: list[str], compared: tuple[str, ...]) -> dict:
-    geomeans = [geometric_mean([tasks[n][role]["circuit"]["edges"] for n in names]) for role in compared]
+def _ratio(tasks: dict[str, dict[str, TaskResult]], names: list[str], compared: tuple[str, ...]) -> dict:
+    geomeans = [geometric_mean([tasks[n][role].circuit.edges for n in names]) for role in compared]
     ratio = geomeans[0] / geomeans[1] if len(geomeans) == 2 and all(geomeans) else None
     return {"tasks_compared": names, "compared": list(compared), "edges_geomean": geomeans, "edge_ratio": ratio}
 
 
-def summarise(tasks: dict, compared: tuple[str, ...] = DEFAULT_COMPARED) -> dict:
+def summarise(tasks: dict[str, dict[str, TaskResult]], compared: tuple[str, ...] = DEFAULT_COMPARED) -> dict:
     """The headline: geometric-mean circuit edges of the two `compared` models (the first two the recipe
     prunes: dense and sparse by default, or a user's two `--model`s) over the tasks for which both have a
     circuit sufficient on test, and their ratio, first to second; the same over the context tasks alone
     (those neither model solves from the prompt's last tokens) and over the tasks whose controls all
-    pass. Also every control that failed, by (task, model)."""
+    pass. Also, for every control (controls.py), the circuits it failed for."""
     compared = tuple(compared)
-    both = sorted(name for name, t in tasks.items() if all(_sufficient(t.get(role)) for role in compared))
-    context = [name for name in both if not any(tasks[name][role]["short_range"] for role in compared)]
-    entries = [(f"{name} / {role}", entry) for name, by_role in tasks.items() for role, entry in by_role.items()
-               if role != RANDOM_INIT]
-    controls = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
-    circuits = [(where, e, e["circuit"]) for where, e in entries if e.get("circuit")]
-    def control_failed(entry: dict | None) -> bool:  # a random draw or the nonsense twin reached the target
-        entry = entry or {}
-        return bool((entry.get("circuit") or {}).get("random_reached")
-                    or (entry.get("nonsense") or {}).get("reached_target"))
-
-    failed = {name for name, by_role in tasks.items()
-              if _sufficient(by_role.get(RANDOM_INIT)) or any(control_failed(by_role.get(r)) for r in compared)}
+    both = sorted(name for name, by_role in tasks.items()
+                  if all(role in by_role and by_role[role].sufficient for role in compared))
+    context = [name for name in both if not any(tasks[name][role].short_range for role in compared)]
+    circuits = [(f"{name} / {role}", result) for name, by_role in tasks.items() for role, result in by_role.items()
+                if role != RANDOM_INIT and result.circuit is not None]
+    random_init = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
+    passed = [name for name in both
+              if not any(tasks[name][role].control_failures(tasks[name].get(RANDOM_INIT)) for role in compared)]
     return {**_ratio(tasks, both, compared),
-               "context": _ratio(tasks, context, compared),
-               # the headline a skeptic keeps: tasks where no control (random draws, nonsense twin, random
-               # init) reaches the target
-               "controls_passed": _ratio(tasks, [name for name in both if name not in failed], compared),
-               "solved": {role: sorted(n for n, t in tasks.items() if (t.get(role) or {}).get("solved"))
-                          for role in compared},
-               "not_sufficient_on_test": [w for w, _, c in circuits if not c["sufficient"]],
-               "random_reached": [w for w, _, c in circuits if c.get("random_reached")],
-               "nonsense_reached": [w for w, e, _ in circuits if (e.get("nonsense") or {}).get("reached_target")],
-               "attribution_not_larger": [w for w, e, c in circuits if (e.get("attribution") or {}).get("edges")
-                                          is not None and e["attribution"]["edges"] <= c["edges"]],
-               # the random-init control: bisection found a circuit on validation (it should not) ...
-               "random_init_chosen": [name for name, e in controls if e.get("circuit")],
-               # ... and that circuit also reaches the target on test
-               "random_init_reached": [name for name, e in controls if _sufficient(e)]}
+            "context": _ratio(tasks, context, compared),
+            # the headline a skeptic keeps: tasks where no control (random draws, nonsense twin, random init)
+            # reaches the target
+            "controls_passed": _ratio(tasks, passed, compared),
+            "solved": {role: sorted(name for name, by_role in tasks.items()
+                                    if role in by_role and by_role[role].solved) for role in compared},
+            "not_sufficient_on_test": [where for where, r in circuits if not r.circuit.sufficient],
+            **{control.flag_key: [where for where, r in circuits if control.failed(r)] for control in CONTROLS},
+            # the random-init control: bisection found a circuit on validation (it should not) ...
+            "random_init_chosen": [name for name, r in random_init if r.circuit is not None],
+            # ... and that circuit also reaches the target on test
+            "random_init_reached": [name for name, r in random_init if r.sufficient]}
 
 
 def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
@@ -238,7 +227,7 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
         _prune_model(entry, recipe, out, tasks, curves)
         entry.model.to("cpu")
     compared = tuple(m.role for m in models if m.role != RANDOM_INIT)[:2]
-    result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks,
+    result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks_to_dict(tasks),
               "summary": summarise(tasks, compared)}
     atomic.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png", tasks)
@@ -258,20 +247,19 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
     max_context = entry.model.config.max_position_embeddings  # every HF config answers to this name
     for task in recipe.tasks:
         data = load_task(task, entry.tokenizer, max_context, recipe)
-        if entry.role == RANDOM_INIT and not any(r["solved"] for r in tasks.get(data.name, {}).values()):
+        if entry.role == RANDOM_INIT and not any(r.solved for r in tasks.get(data.name, {}).values()):
             continue  # the control is for circuits the report claims, not for tasks no model does
         result_path = out / RESULTS_DIRNAME / circuit_file(data.name, entry.role)
         key = result_key(recipe, fingerprint, means, data)
         saved = load_result(result_path, key)
-        if saved is not None and not _circuit_file_reads(out / circuit_file(data.name, entry.role), saved["result"]):
+        if saved is not None and not _circuit_file_reads(out / circuit_file(data.name, entry.role), saved[0]):
             log.warning("%s is damaged; pruning %s (%s) again", out / circuit_file(data.name, entry.role),
                         data.name, entry.role)
             saved = None
         if saved is not None:  # a rerun after an interruption: this one is done
             _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, sites, means, blocks, data)
-            tasks.setdefault(data.name, {})[entry.role] = saved["result"]
-            curves.setdefault(data.name, {})[entry.role] = saved["curve"]
-            log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved["result"],
+            tasks.setdefault(data.name, {})[entry.role], curves.setdefault(data.name, {})[entry.role] = saved
+            log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved[0],
                                                                   cfg.target_loss))
             continue
         bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
@@ -281,7 +269,7 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
         bar.close()
         tasks.setdefault(data.name, {})[entry.role] = found.result
         curves.setdefault(data.name, {})[entry.role] = found.curve
-        if "mask_kept_nodes" in found.result:  # pruned (not skipped as unsolved): save the circuit
+        if found.result.pruned:  # (not skipped as unsolved): save the circuit
             record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
                                     weights=fingerprint, means_file=means_path, test=data.test)
             if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
@@ -290,7 +278,7 @@ def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, cur
             if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
                 draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
         # written last, after the circuit files: its presence means this (task, model) is complete
-        atomic.write_json_atomic(result_path, {"key": key, "result": found.result, "curve": found.curve})
+        atomic.write_json_atomic(result_path, {"key": key, "result": found.result.to_dict(), "curve": found.curve})
         log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
 
 
@@ -337,26 +325,20 @@ class _LazyBar:
 
 
 
-def circuit_line(task: str, role: str, result: dict, target: float) -> str:
+def circuit_line(task: str, role: str, result: TaskResult, target: float) -> str:
     """One log line per (task, model); every loss is on the test split."""
-    head = (f"{task:>20} {role:>11}: test loss {result['full_loss']:.3f} (acc {result['full_accuracy']:.2f}, "
-            f"last-tokens {result['local_loss']:.3f})")
-    if not result["solved"] and role != RANDOM_INIT:
+    head = (f"{task:>20} {role:>11}: test loss {result.full_loss:.3f} (acc {result.full_accuracy:.2f}, "
+            f"short-range {result.short_range_loss:.3f})")
+    if not result.solved and role != RANDOM_INIT:
         return head + f"; the full model misses the target {target}: not pruned"
-    circuit = result["circuit"]
+    circuit = result.circuit
     if circuit is None:
-        return head + f"; no circuit reaches {target} (k_coef {', '.join(penalties_tried(result))} tried)"
-    parts = [f"circuit {circuit['nodes']} nodes, {circuit['edges']} edges, loss {circuit['loss']:.3f} "
-             f"(validation {circuit['validation_loss']:.3f}), ablated {circuit['ablated_loss']:.3f}"]
-    if circuit.get("random_draws"):
-        parts.append(f"random {circuit['random_loss']:.3f} ({circuit['random_reached']}/{circuit['random_draws']} "
-                     "reach the target)")
-    if result.get("nonsense"):
-        parts.append(f"nonsense twin {'REACHES' if result['nonsense']['reached_target'] else 'misses'} the target")
-    if result.get("attribution"):
-        edges = result["attribution"]["edges"]
-        parts.append("attribution baseline " + ("reaches nothing" if edges is None else f"{edges} edges"))
-    flags = [] if circuit["sufficient"] and circuit["necessary"] else ["check failed"]
-    flags += ["fits through ablation"] if circuit["fits_through_ablation"] else []
-    flags += [retry_note(result)] if retry_note(result) else []
+        return head + f"; no circuit reaches {target} (k_coef {', '.join(result.penalties_tried())} tried)"
+    parts = [f"circuit {circuit.nodes} nodes, {circuit.edges} edges, loss {circuit.loss:.3f} "
+             f"(validation {circuit.validation_loss:.3f}), ablated {circuit.ablated_loss:.3f}"]
+    parts += [f"{control.label} {cell.summary.replace('**', '')}" for control in CONTROLS
+              if (cell := control.cell(result)) is not None]
+    flags = [] if circuit.sufficient and circuit.necessary else ["check failed"]
+    flags += ["fits through ablation"] if circuit.fits_through_ablation else []
+    flags += [result.retry_note()] if result.retry_note() else []
     return head + "; " + ", ".join(parts) + "".join(f" [{flag}]" for flag in flags)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from extract.tasks.examples import SPLITS, TaskExample, split_of
+from extract.tasks.examples import SPLITS, TaskExample, answer_token, split_of
 
 WORDS = """
 account address amount answer archive args array attempt base batch block body buffer cache callback
@@ -216,17 +216,6 @@ def builtin_task(name: str, tokenizer, split: str, n_pairs: int, seed: int = 0,
         if all(pair):
             examples += pair
     return examples
-
-
-def answer_token(tokenizer, prompt_ids: tuple[int, ...], prompt: str, continuation: str) -> int | None:
-    """The token that follows the prompt when `prompt + continuation` is tokenised as one text, or
-    None when that text does not start with the prompt's own tokens (the prompt would end inside a
-    token real text never splits there, as `{'key'` + `:` where the corpus has the token `':`)."""
-    ids = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
-    n = len(prompt_ids)
-    if tuple(ids[:n]) != tuple(prompt_ids) or len(ids) <= n:
-        return None
-    return ids[n]
 
 
 def _example(tokenizer, prompt: str, continuation: str, other: str, max_len: int | None) -> TaskExample | None:

@@ -31,14 +31,16 @@ def first_token_id(tokenizer, text: str) -> int | None:
     return ids[0] if ids else None
 
 
-def splits_at_prompt_end(tokenizer, prompt: str, prompt_ids, answer: str) -> bool:
-    """True when `prompt + answer` tokenises as the prompt's own tokens followed by the answer's first
-    token. Otherwise the prompt ends inside a token the model would see in real text (for example
-    `{'key'` + `:` where the corpus has the single token `':`), and the two-way choice asks the model
-    about a token sequence it never saw."""
-    ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
+def answer_token(tokenizer, prompt_ids, prompt: str, continuation: str) -> int | None:
+    """The token that follows the prompt when `prompt + continuation` is tokenised as one text, or None
+    when that text does not start with the prompt's own tokens: the prompt would end inside a token real
+    text never splits there (for example `{'key'` + `:` where the corpus has the single token `':`), and
+    a two-way choice there asks the model about a token sequence it never saw."""
+    ids = tokenizer(prompt + continuation, add_special_tokens=False)["input_ids"]
     n = len(prompt_ids)
-    return tuple(ids[:n]) == tuple(prompt_ids) and len(ids) > n and ids[n] == first_token_id(tokenizer, answer)
+    if tuple(ids[:n]) != tuple(prompt_ids) or len(ids) <= n:
+        return None
+    return ids[n]
 
 
 def padded_prompts(prompts, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

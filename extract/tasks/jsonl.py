@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from extract.errors import UserError
-from extract.tasks.examples import TaskExample, first_token_id, splits_at_prompt_end
+from extract.tasks.examples import TaskExample, answer_token, first_token_id
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def load_task_file(path: str | Path, tokenizer, max_context: int, min_examples: 
         if len(prompt) > max_context:
             raise TaskFileError(f"{where}: prompt is {len(prompt)} tokens, longer than the model's context "
                                 f"of {max_context}")
-        if not all(splits_at_prompt_end(tokenizer, row["prompt"], prompt, row[f]) for f in ("target", "alternative")):
+        if (answer_token(tokenizer, prompt, row["prompt"], row["target"]) != target
+                or answer_token(tokenizer, prompt, row["prompt"], row["alternative"]) != alternative):
             mid_token.append(number)
         examples.append(TaskExample(tuple(prompt), target, alternative))
     if len(examples) < min_examples:

@@ -55,10 +55,15 @@ function renderHeader() {
   if (DATA.table.length) {
     root.append(el("h2", {}, "Circuits"), el("p", { class: "muted" }, DATA.splits),
       table(["task", "model", "full model loss", "nodes", "edges", "circuit loss", "ablated loss",
-        "sufficient / necessary"], DATA.table.map((row) => [
+        "checks"], DATA.table.map((row) => [
         row.anchor ? el("a", { href: "#" + row.anchor }, row.task) : el("span", {}, row.task), row.model,
         fmt(row.full_loss), row.nodes ?? "-", row.edges === undefined ? "-" : row.edges.toLocaleString("en"),
         fmt(row.loss), fmt(row.ablated_loss), el("span", { class: row.ok ? "" : "bad" }, row.verdict)])));
+  }
+  if (DATA.controls.rows.length) {
+    root.append(el("h2", {}, "Controls"), el("p", { class: "muted" }, DATA.controls.note),
+      table(["task", "model", ...DATA.controls.labels], DATA.controls.rows.map((row) => [row.task, row.model,
+        ...row.cells.map((cell) => el("span", { class: cell.failed ? "bad" : "" }, cell.summary))])));
   }
   if (DATA.images.length) {
     root.append(el("h2", {}, "Plots"), el("div", { class: "images" }, ...DATA.images.map((image) =>
