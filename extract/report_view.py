@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from extract.circuits.controls import CONTROLS, Control, ControlCell
+from extract.circuits.controls import CONTROLS, Control, ControlCell, control_failures
 from extract.circuits.results import RANDOM_INIT, TaskResult, tasks_from_dict
 
 MODEL_ROLES = ("dense", "sparse", "trained")  # report.json's model sections, in the order shown
@@ -114,7 +114,7 @@ def _row(task: str, role: str, result: TaskResult, random_init: TaskResult | Non
     else:
         verdict, ok = "not solved by the full model", True
     controls = [(control, control.cell(result)) for control in CONTROLS]
-    failures = result.control_failures(random_init) if circuit is not None and role != RANDOM_INIT else []
+    failures = control_failures(result, random_init) if circuit is not None and role != RANDOM_INIT else []
     return CircuitRow(task, role, result, verdict, ok, controls, failures)
 
 

@@ -93,6 +93,7 @@ def test_the_catalogue_covers_every_check():
     assert checked <= set(IMPOSSIBLE), sorted(checked - set(IMPOSSIBLE))
 
 
+@pytest.mark.slow
 def test_every_problem_of_a_recipe_is_reported_at_once(tmp_path):
     """A type error, an unknown key and two values out of range: four lines, each naming the file and the key;
     the command line prints each as an error."""
@@ -121,6 +122,7 @@ def _refused(proc, *needles):
         assert needle in proc.stderr, (needle, proc.stderr[-2000:])
 
 
+@pytest.mark.slow
 def test_a_model_directory_without_weights_is_named(write_recipe, tiny_model_dir, tmp_path):
     import shutil
 
@@ -131,6 +133,7 @@ def test_a_model_directory_without_weights_is_named(write_recipe, tiny_model_dir
     _refused(proc, "model.name_or_path", "weightless", "safetensors")
 
 
+@pytest.mark.slow
 def test_a_model_without_a_tokenizer_is_named(write_recipe, tiny_model_dir, tmp_path):
     import shutil
 
@@ -144,6 +147,7 @@ def test_a_model_without_a_tokenizer_is_named(write_recipe, tiny_model_dir, tmp_
 
 @pytest.mark.parametrize("corpus, message", [("empty folder", "holds no files"), ("empty file", "is empty"),
                                              ("not JSON", "cannot read"), ("too short", "held-out split produced no")])
+@pytest.mark.slow
 def test_an_empty_or_unreadable_corpus_is_named(write_recipe, tmp_path, corpus, message):
     where = tmp_path / "corpus.jsonl"
     if corpus == "empty folder":
@@ -157,12 +161,14 @@ def test_an_empty_or_unreadable_corpus_is_named(write_recipe, tmp_path, corpus, 
     assert "data." in proc.stderr  # the key to look at
 
 
+@pytest.mark.slow
 def test_an_unknown_task_name_on_the_command_line_is_named(tmp_path):
     proc = run_cli("--stage", "prune", "--task", "quote_closing", f"output_dir={tmp_path}", check=False)
     assert proc.returncode == 2
     _refused(proc, "tasks[0]: unknown built-in task", "single_double_quote")
 
 
+@pytest.mark.slow
 def test_a_malformed_recipe_file_is_named_on_the_command_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("train:\n  steps: [1, 2\n")

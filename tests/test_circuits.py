@@ -175,6 +175,7 @@ def copy_task():
     return model, sites, means, TaskData("copy", examples[:96], examples[96:112], examples[112:])
 
 
+@pytest.mark.slow
 def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     from extract.circuits.prune import PruneConfig, mask_ranking, scores_with_gates, smallest_circuit, train_mask
     from extract.tasks.examples import two_way_scores
@@ -207,6 +208,7 @@ def test_end_to_end_prune_finds_a_small_sufficient_circuit():
     assert all(int(shuffled[k].sum()) == int(g.sum()) for k, g in gates.items())  # same count per site
 
 
+@pytest.mark.slow
 def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties():
     from extract.circuits.find import find_circuit
     from extract.recipe import PruneConfig
@@ -238,6 +240,7 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ramp, working", [(0.0, False), (0.5, True)])
 def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfectly(quote_model, ramp, working):
     """The quote model solves its task to a loss of 1e-4, so every node's task gradient starts far below
@@ -267,6 +270,7 @@ def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfect
     assert (late < 0.15) == working, f"mean task loss over the last 10 mask steps: {late:.3f}"
     assert (int((mask.flat_taus() > 0).sum()) > 100) == working
 
+@pytest.mark.slow
 def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():
     """Give the test split the opposite labels: a circuit chosen on validation must then look bad in
     every reported figure, which proves those figures are not read on the examples that chose it."""

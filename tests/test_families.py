@@ -227,6 +227,7 @@ def test_edges_on_a_hand_set_gpt_neox_pattern_follow_its_per_head_layout():
     assert count_edges(model, kept) == 2
 
 
+@pytest.mark.slow
 def test_an_unmapped_family_fails_before_any_work_and_lists_the_supported_ones(write_recipe, tmp_path):
     from transformers import OPTConfig, OPTForCausalLM
 

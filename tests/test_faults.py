@@ -3,7 +3,10 @@
 One random kill point per stage here (about 5 minutes); `python tests/faults.py --points 3` runs three
 per stage, as the results in docs/reliability.md were measured.
 """
+import pytest
 from faults import STAGES, run_harness
+
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
 
 
 def test_a_run_killed_in_any_stage_finishes_with_the_uninterrupted_outputs(quote_model, tiny_corpus, tmp_path):

@@ -16,6 +16,8 @@ from extract.arch import sparse_tensors
 from extract.sparsity import measured_density
 from tests.conftest import ROOT, RUN, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
+
 STEPS = {"steps": 40, "checkpoint_every": 4, "eval_every": 20}
 
 

@@ -19,6 +19,8 @@ import yaml
 from tests.conftest import ROOT, run_cli
 from tests.hub_server import serve_in_thread
 
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
+
 TOKEN = "hf_testTOKENthatMustNeverBePrinted0123456789"
 REPO = "user/tiny-run"
 # The default fallback penalties stay on: these tests are about publishing, so they prune as a user would

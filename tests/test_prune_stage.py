@@ -13,6 +13,7 @@ from tests.conftest import quote_lines, run_cli
 PRUNE = ["prune.steps=80", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8"]
 
 
+@pytest.mark.slow
 def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_model, tiny_model_dir):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +101,7 @@ def test_prune_any_saved_model_on_a_task_file(write_recipe, tmp_path, quote_mode
     assert "done in an earlier run" not in changed.stderr
 
 
+@pytest.mark.slow
 def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_recipe, tmp_path, quote_model):
     model_dir, task_file = quote_model
     out = tmp_path / "full"
@@ -124,6 +126,7 @@ def test_full_run_prunes_dense_and_sparse_and_the_random_init_control(write_reci
     assert "pruned: no circuit reaches 0.15 (k_coef 0.001, 0.0003, 0.0001)" in md
 
 
+@pytest.mark.slow
 def test_bad_task_file_is_named_with_its_line(write_recipe, tmp_path, quote_model):
     model_dir, _ = quote_model
     bad = tmp_path / "bad.jsonl"
@@ -134,6 +137,7 @@ def test_bad_task_file_is_named_with_its_line(write_recipe, tmp_path, quote_mode
     assert f"{bad}:6: missing or non-string field(s): alternative" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unsolved_task_is_reported_not_pruned(write_recipe, tmp_path, tiny_model_dir, quote_model):
     _, task_file = quote_model
     out = tmp_path / "random"
@@ -144,6 +148,7 @@ def test_unsolved_task_is_reported_not_pruned(write_recipe, tmp_path, tiny_model
     assert "not solved by the full model" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_prune_stage_without_tasks_says_so(write_recipe, tmp_path):
     proc = run_cli("--recipe", write_recipe(), "--stage", "prune", f"output_dir={tmp_path / 'x'}", check=False)
     assert proc.returncode == 1 and "the recipe lists no tasks" in proc.stderr
@@ -210,6 +215,7 @@ def _shuffled_prompts(inputs) -> dict:
     return {"loss": loss, "reached_target": loss <= inputs.config.target_loss}
 
 
+@pytest.mark.slow
 def test_a_new_control_is_one_definition_that_every_report_shows(write_recipe, tmp_path, quote_model):
     """Adding a control is one `Control` in extract/circuits/controls.py: this test adds one at run time
     and it is computed for the circuit and shown in report.json, report.md, report.html and the card."""

@@ -46,6 +46,7 @@ def _circuit(out: Path, model: str):
     return load_circuit(out, "quotes", model=model)
 
 
+@pytest.mark.slow
 def test_any_two_models_are_compared_first_to_second(run):
     out, (a, b), _, proc, _ = run
     report = json.loads((out / "report.json").read_text())
@@ -61,6 +62,7 @@ def test_any_two_models_are_compared_first_to_second(run):
     assert f"{edges[0]:,.0f} {a} vs {edges[1]:,.0f} {b}, a ratio of **{summary['edge_ratio']:.1f}x**" in markdown
 
 
+@pytest.mark.slow
 def test_every_kept_node_of_every_circuit_is_described(run):
     from extract.circuits.describe import CONTEXTS, TOP_TOKENS
 
@@ -85,6 +87,7 @@ def test_every_kept_node_of_every_circuit_is_described(run):
                 assert len(up) == TOP_TOKENS and up == sorted(up, reverse=True) and up[-1] > d["logits"]["down"][0][1]
 
 
+@pytest.mark.slow
 def test_descriptions_match_an_independent_reading_of_the_model(run):
     """Contexts, sides, pushed tokens and attention, recomputed here with plain forward hooks and
     GPT-2's own parameter names rather than the project's site machinery."""
@@ -160,6 +163,7 @@ def test_descriptions_match_an_independent_reading_of_the_model(run):
     assert head in range(4)
 
 
+@pytest.mark.slow
 def test_the_first_order_effect_ranks_nodes_like_removing_them(run):
     """The estimate the report orders nodes by, against removing each node in turn on the test split
     (Spearman 0.96 here when written)."""
@@ -182,6 +186,7 @@ def test_the_first_order_effect_ranks_nodes_like_removing_them(run):
     assert exact[top] > 0  # the node the report lists first matters
 
 
+@pytest.mark.slow
 def test_a_circuit_file_without_descriptions_gets_them_without_pruning_again(run, tmp_path):
     from extract.circuits.files import circuit_file
 
@@ -200,6 +205,7 @@ def test_a_circuit_file_without_descriptions_gets_them_without_pruning_again(run
 
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                     reason="needs Debian's chromium and chromium-driver (the README's test command installs them)")
+@pytest.mark.slow
 def test_the_html_report_shows_every_circuit_and_a_nodes_description_in_chromium(run, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -60,6 +60,7 @@ def test_bad_recipe_names_file_and_key(tmp_path, text, expected):
     assert expected in str(error.value)
 
 
+@pytest.mark.slow
 def test_overrides_by_dotted_path():
     recipe, _ = load_recipe("tiny-python", ["train.steps=7", "output_dir=/tmp/elsewhere", "optim.betas=[0.8, 0.9]",
                                             "optim.lr=3e-3"])
@@ -82,6 +83,7 @@ def test_unknown_recipe_lists_available():
         load_recipe("no-such-recipe")
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_recipe_before_any_work(tmp_path):
     out = tmp_path / "out"
     path = _write(tmp_path, yaml.safe_dump({"output_dir": str(out), "sparsity": {"target_density": 0}}))
@@ -91,6 +93,7 @@ def test_cli_rejects_bad_recipe_before_any_work(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_push_needs_a_repo_and_a_finished_run(tmp_path):
     proc = run_cli("--stage", "push", f"output_dir={tmp_path}", check=False)
     assert proc.returncode == 2 and "hub.repo_id: --stage push needs the Hub repo to push to" in proc.stderr
@@ -99,6 +102,7 @@ def test_push_needs_a_repo_and_a_finished_run(tmp_path):
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []  # nothing written
 
 
+@pytest.mark.slow
 def test_cli_help_lists_recipes():
     proc = run_cli("--help")
     assert "tiny-python" in proc.stdout and "gpt2-small" in proc.stdout and "key=value" in proc.stdout

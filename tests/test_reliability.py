@@ -12,6 +12,8 @@ from conftest import ROOT, run_cli
 from extract.errors import UserError
 from extract.outputs import RECIPE_FILE, output_lock
 
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
+
 
 def test_a_typo_in_the_model_path_leaves_nothing_that_refuses_the_fix(write_recipe, tiny_model_dir, tmp_path):
     recipe = write_recipe()

@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import ROOT, RUN, run_cli
 
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
+
 # Runs a script with an audit hook that stops any unrestricted unpickling: the pickle module fires
 # `pickle.find_class` for every global it resolves, and torch.load(weights_only=True) does not use it.
 GUARDED = """

@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.slow  # end to end: the command line, several processes or a Hub
+
 WORLD = 2
 # (rows, columns, unit axis, density, ties): uneven shards (rows odd), units along either axis,
 # an embedding, many equal magnitudes at the cut, and a shard with fewer rows than min_per_unit

@@ -81,12 +81,16 @@ def _restored(*weights: torch.Tensor):
                 weight.copy_(original)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_the_weights_feeding_a_node_move_that_node_alone(variant):
+def _model(variant):
+    """(model, its sites, their widths by key, its parameters by name)."""
     model = tiny_model(variant)
     sites = node_sites(model)
-    widths = {s.key: s.width for s in sites}
-    params = dict(model.named_parameters())
+    return model, sites, {s.key: s.width for s in sites}, dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_weights_feeding_a_node_move_that_node_alone(variant):
+    model, sites, widths, params = _model(variant)
     ids = _ids()
     base, _ = _record(model, sites, ids)
     noise = torch.Generator().manual_seed(0)
@@ -110,10 +114,7 @@ def test_the_weights_feeding_a_node_move_that_node_alone(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_a_node_reaches_downstream_only_through_the_weights_that_read_it(variant):
-    model = tiny_model(variant)
-    sites = node_sites(model)
-    widths = {s.key: s.width for s in sites}
-    params = dict(model.named_parameters())
+    model, sites, widths, params = _model(variant)
     matrices = family_of(model).edge_matrices(model)
     ids = _ids()
     read = sorted({key for m in matrices for key in m.inputs})

@@ -78,6 +78,7 @@ def test_two_way_loss_and_accuracy():
 BUILTIN = sorted(__import__("extract.tasks.builtin", fromlist=["TASKS"]).TASKS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN)
 def test_builtin_task_is_balanced_deterministic_and_split_three_ways(tokenizer, name):
     from extract.tasks.builtin import builtin_task

@@ -28,6 +28,7 @@ def _weights(model_dir):
     return load_file(model_dir / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     recipe = write_recipe(eval={"quote_examples": 40})
     proc = run_cli("--recipe", recipe)
@@ -87,6 +88,7 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     assert json.loads((out / "report.json").read_text())["sparse"]["density"] == report["sparse"]["density"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(write_recipe, tmp_path):
     steps = {"steps": 60, "checkpoint_every": 4, "eval_every": 30}
     reference = write_recipe("reference.yaml", output_dir=str(tmp_path / "reference"), train=steps)
@@ -115,6 +117,7 @@ def test_resume_after_kill_matches_uninterrupted_run(write_recipe, tmp_path):
     assert state["step"] == 60 and state["tokens"] == 60 * 4 * 32
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(write_recipe, tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 
@@ -140,6 +143,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(write_recipe, t
     assert not (tmp_path / "out" / "model").exists()
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_gives_the_same_density(write_recipe, tmp_path):
     one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"))
     two = write_recipe("two.yaml", output_dir=str(tmp_path / "two"))
@@ -159,6 +163,7 @@ def test_two_process_gloo_run_gives_the_same_density(write_recipe, tmp_path):
     assert report_two["sparse"]["tokens"] == 2 * report_one["sparse"]["tokens"]
 
 
+@pytest.mark.slow
 def test_lora_adapter_is_merged_into_the_dense_input(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -185,6 +190,7 @@ def test_lora_adapter_is_merged_into_the_dense_input(tiny_model_dir, tmp_path):
     assert not torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_missing_model_is_named(write_recipe, tmp_path):
     recipe = write_recipe(model={"name_or_path": str(tmp_path / "no-such-model")})
     proc = run_cli("--recipe", recipe, check=False)
@@ -193,6 +199,7 @@ def test_missing_model_is_named(write_recipe, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path):
     run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4")
     proc = run_cli("--recipe", write_recipe(), "train.steps=8", check=False)
@@ -203,6 +210,7 @@ def test_output_dir_of_another_recipe_is_not_overwritten(write_recipe, tmp_path)
     run_cli("--recipe", write_recipe(), "--stage", "sparsify", "train.steps=4", f"output_dir={moved}")
 
 
+@pytest.mark.slow
 def test_gpt2_small_recipe_runs_offline_with_the_readme_overrides(gpt2_tokenizer_dir, tmp_path):
     """The gpt2-small recipe's own settings (real GPT-2 vocabulary, gradient accumulation, its prune
     section) with a tiny local model in place of the Hub one and the README's offline overrides for
@@ -236,6 +244,7 @@ def test_gpt2_small_recipe_runs_offline_with_the_readme_overrides(gpt2_tokenizer
     assert report["sparse"]["density"] < 0.13
 
 
+@pytest.mark.slow
 def test_compiled_training_reaches_the_target_density(write_recipe, tmp_path):
     """torch.compile wraps the model; the projection must still find and sparsify every tensor."""
     recipe = write_recipe(train={"steps": 3, "compile": True, "eval_every": 3, "checkpoint_every": 10},
@@ -400,6 +409,7 @@ def test_fp16_step_with_overflowing_gradients_is_skipped(tiny_model_dir, acceler
     assert scaler.get_scale() < 2.0**16
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_the_same_weights(write_recipe, tmp_path, monkeypatch):
     from accelerate.state import AcceleratorState
 

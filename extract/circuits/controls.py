@@ -5,7 +5,7 @@ card all show what its `cell` says and list where it failed, so a new control is
 a `run` that find_circuit calls for every circuit (its result is kept in `TaskResult.controls`) and a
 `cell` that reads it. The random circuits, the nonsense twin and the attribution baseline are computed
 elsewhere (checks.py, find.py, attribution.py) and read here from their own fields; the random-init
-model is a model of its own, pruned like the others, and enters through `TaskResult.control_failures`.
+model is a model of its own, pruned like the others, and enters through `control_failures`.
 """
 from __future__ import annotations
 
@@ -100,3 +100,12 @@ CONTROLS: list[Control] = [
             "need fewer edges", "attribution_not_larger", "Circuits no smaller than the attribution baseline's",
             _attribution, baseline=True),
 ]
+
+
+def control_failures(result: TaskResult, random_init: TaskResult | None = None) -> list[str]:
+    """Every control that reached the target beside this circuit, in words; `random_init` is the
+    randomly initialised model's result on the same task. Empty: the circuit passes them all."""
+    failures = [control.cell(result).failure for control in CONTROLS if not control.baseline and control.failed(result)]
+    if random_init is not None and random_init.sufficient:
+        failures.append("a random-init model reaches")
+    return failures

@@ -136,16 +136,6 @@ class TaskResult:
         tried = self.penalties_tried()
         return f"k_coef {tried[-1]} after {', '.join(tried[:-1])} missed" if len(tried) > 1 else ""
 
-    def control_failures(self, random_init: TaskResult | None = None) -> list[str]:
-        """Every control that reached the target beside this circuit, in words; `random_init` is the
-        randomly initialised model's result on the same task. Empty: the circuit passes them all."""
-        from extract.circuits.controls import CONTROLS
-
-        failures = [control.cell(self).failure for control in CONTROLS if not control.baseline and control.failed(self)]
-        if random_init is not None and random_init.sufficient:
-            failures.append("a random-init model reaches")
-        return failures
-
     def to_dict(self) -> dict:
         """The JSON entry: report.json's tasks.TASK.MODEL and the circuit file's top level."""
         data = asdict(self)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import atomic
-from extract.circuits.controls import CONTROLS
+from extract.circuits.controls import CONTROLS, control_failures
 from extract.circuits.describe import describe_circuit
 from extract.circuits.files import (
     FORMAT_VERSION,
@@ -191,7 +191,7 @@ def summarise(tasks: dict[str, dict[str, TaskResult]], compared: tuple[str, ...]
                 if role != RANDOM_INIT and result.circuit is not None]
     random_init = [(name, by_role[RANDOM_INIT]) for name, by_role in tasks.items() if RANDOM_INIT in by_role]
     passed = [name for name in both
-              if not any(tasks[name][role].control_failures(tasks[name].get(RANDOM_INIT)) for role in compared)]
+              if not any(control_failures(tasks[name][role], tasks[name].get(RANDOM_INIT)) for role in compared)]
     return {**_ratio(tasks, both, compared),
             "context": _ratio(tasks, context, compared),
             # the headline a skeptic keeps: tasks where no control (random draws, nonsense twin, random init)
