@@ -12,6 +12,10 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N: a thread per worker (and per process it starts). Thread pools of every worker on
+    # the same cores spin against each other and run slower than one worker.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
