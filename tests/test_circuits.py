@@ -241,12 +241,12 @@ def test_a_mask_that_misses_the_target_is_retrained_with_the_fallback_penalties(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ramp, working", [(0.0, False), (0.5, True)])
-def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfectly(quote_model, ramp, working):
-    """The quote model solves its task to a loss of 1e-4, so every node's task gradient starts far below
-    the penalty's. At full strength from the first step the whole mask switches off within a few steps
-    and stays broken (measured: 22-31 nodes, task loss 3-6); ramped in over half the steps, nodes leave
-    in order of importance and the mask keeps doing the task (about 200 nodes, loss mostly under 0.04)."""
+def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfectly(quote_model):
+    """The quote model solves its task to a loss of about 1e-4, so every node's task gradient starts far
+    below the penalty's. At full strength from the first step, Adam moves every tau down together and
+    most of the mask switches off in the first steps; whether it comes back depends on the model's
+    rounding (bench/bench_mask_ramp.py: 6 of 10 runs did on one machine's model). Ramped in over half
+    the steps, the task loss alone orders the nodes first, and the mask keeps doing the task."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from extract.circuits.prune import penalty_weight, train_mask
@@ -261,14 +261,18 @@ def test_a_ramped_penalty_keeps_the_mask_working_on_a_task_solved_almost_perfect
     sites = node_sites(model)
     means = site_means(model, sites, torch.randint(0, model.config.vocab_size, (8, 32),
                                                    generator=torch.Generator().manual_seed(0)))
-    torch.manual_seed(0)
-    mask = NodeMask(sites, means)
-    losses = []
-    train_mask(model, mask, examples, PruneConfig(steps=80, batch_size=32, lr=0.05, k_coef=1e-3, k_coef_ramp=ramp),
-               on_step=lambda step, task_loss, kept: losses.append(task_loss))
-    late = sum(losses[-10:]) / 10
-    assert (late < 0.15) == working, f"mean task loss over the last 10 mask steps: {late:.3f}"
-    assert (int((mask.flat_taus() > 0).sum()) > 100) == working
+    runs = {}
+    for ramp in (0.0, 0.5):
+        torch.manual_seed(0)
+        mask, log = NodeMask(sites, means), []
+        train_mask(model, mask, examples, PruneConfig(steps=80, batch_size=32, lr=0.05, k_coef=1e-3, k_coef_ramp=ramp),
+                   on_step=lambda step, task_loss, kept: log.append((task_loss, kept)))
+        runs[ramp] = log
+    early = {ramp: log[4][1] for ramp, log in runs.items()}  # nodes kept after 5 steps
+    assert early[0.5] > 1.5 * early[0.0], early  # measured: 515 against 37, 382 against 187 (two models)
+    late = sum(loss for loss, _ in runs[0.5][-10:]) / 10
+    assert late < 0.15, f"ramped: mean task loss over the last 10 mask steps {late:.3f}"  # measured 0.005-0.016
+    assert runs[0.5][-1][1] > 50  # a working mask, not an empty one
 
 @pytest.mark.slow
 def test_the_circuit_is_chosen_on_validation_and_every_figure_read_on_test():

@@ -88,17 +88,36 @@ def _weights(model_dir):
     return load_file(model_dir / "model.safetensors")
 
 
-@pytest.mark.parametrize("damage", ["truncate weights", "optimizer not a pickle", "trainer state not JSON"])
-def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(write_recipe, tmp_path, damage):
+@pytest.fixture(scope="module")
+def checkpointed_run(tiny_model_dir, tiny_corpus, tmp_path_factory):
+    """(recipe, output folder, final weights) of a finished 12-step sparsify that kept its step-4 and
+    step-8 checkpoints; tests damage copies of it."""
+    import yaml
+    from conftest import tiny_recipe_dict
+
+    root = tmp_path_factory.mktemp("checkpointed")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_model_dir, tiny_corpus, root / "out")))
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    return recipe, root / "out", _weights(root / "out" / "model")
+
+
+def _killed_after_step_8(checkpointed_run, tmp_path):
+    """A copy of the run as if killed after its step-8 checkpoint: (recipe, folder, the arguments that
+    point the recipe at the copy)."""
     import shutil
 
+    recipe, out, _ = checkpointed_run
+    shutil.copytree(out, tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "model")
+    return recipe, tmp_path / "out", ["--stage", "sparsify", f"output_dir={tmp_path / 'out'}"]
+
+
+@pytest.mark.parametrize("damage", ["truncate weights", "optimizer not a pickle", "trainer state not JSON"])
+def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(checkpointed_run, tmp_path, damage):
     import torch
 
-    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4})  # keeps step-4 and step-8
-    run_cli("--recipe", recipe, "--stage", "sparsify")
-    out = tmp_path / "out"
-    reference = _weights(out / "model")
-    shutil.rmtree(out / "model")  # as if killed after the step-8 checkpoint
+    recipe, out, args = _killed_after_step_8(checkpointed_run, tmp_path)
     newest = out / "checkpoints" / "step-8"
     if damage == "truncate weights":
         path = newest / "model.safetensors"
@@ -107,27 +126,22 @@ def test_a_damaged_checkpoint_is_set_aside_for_the_one_before(write_recipe, tmp_
         (newest / "optimizer.bin").write_bytes(b"\x00" * 64)
     else:
         (newest / "trainer_state.json").write_text('{"step": 8, "tok')
-    proc = run_cli("--recipe", recipe, "--stage", "sparsify")
+    proc = run_cli("--recipe", recipe, *args)
     assert "cannot be loaded" in proc.stdout and "resuming from" in proc.stdout and "step-4" in proc.stdout
     assert (out / "checkpoints" / ".broken-step-8").is_dir()  # kept for a look, never loaded again
-    resumed = _weights(out / "model")
+    resumed, reference = _weights(out / "model"), checkpointed_run[2]
     for name in reference:  # steps 5-12 trained again from step 4 give the same weights, bit for bit
         assert torch.equal(resumed[name], reference[name]), name
 
 
-def test_no_loadable_checkpoint_stops_with_what_to_do(write_recipe, tmp_path):
-    import shutil
-
-    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4})
-    run_cli("--recipe", recipe, "--stage", "sparsify")
-    out = tmp_path / "out"
-    shutil.rmtree(out / "model")
+def test_no_loadable_checkpoint_stops_with_what_to_do(checkpointed_run, tmp_path):
+    recipe, out, args = _killed_after_step_8(checkpointed_run, tmp_path)
     for step in (4, 8):
         (out / "checkpoints" / f"step-{step}" / "trainer_state.json").write_text("not json")
-    proc = run_cli("--recipe", recipe, "--stage", "sparsify", check=False)
+    proc = run_cli("--recipe", recipe, *args, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no checkpoint loads" in proc.stderr and "rerun the same command" in proc.stderr
-    run_cli("--recipe", recipe, "--stage", "sparsify")  # and the rerun trains from the start
+    run_cli("--recipe", recipe, *args)  # and the rerun trains from the start
     assert (out / "model" / "model.safetensors").is_file()
 
 
