@@ -24,17 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "extract" / "run.py"
 
 
-# The longest test files, longest first (measured: `--durations`). Two workers take whole files in
-# collection order, so a long file collected last would run alone at the end while the other idles.
-LONGEST_FIRST = ["test_faults.py", "test_train.py", "test_prune_stage.py", "test_package.py", "test_reliability.py",
-                 "test_families.py", "test_fsdp.py", "test_bad_input.py", "test_hub.py", "test_reading.py"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
 def make_tiny_model(path: Path) -> Path:
     """2 layers, width 32, 4 heads of 8: small enough for many optimizer steps per second."""
     import torch
