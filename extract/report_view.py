@@ -107,7 +107,8 @@ def _row(task: str, role: str, result: TaskResult, random_init: TaskResult | Non
     circuit = result.circuit
     if circuit is not None:
         verdict = circuit.verdict + (" (fits through ablation)" if circuit.fits_through_ablation else "")
-        verdict += f"; {result.retry_note()}" if result.retry_note() else ""
+        retry = result.retry_note()
+        verdict += f"; {retry}" if retry else ""
         ok = circuit.sufficient and circuit.necessary
     elif result.pruned:  # the random-init control is pruned even though unsolved
         verdict, ok = f"pruned: no circuit reaches {target} (k_coef {', '.join(result.penalties_tried())})", True

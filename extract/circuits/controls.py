@@ -105,7 +105,8 @@ CONTROLS: list[Control] = [
 def control_failures(result: TaskResult, random_init: TaskResult | None = None) -> list[str]:
     """Every control that reached the target beside this circuit, in words; `random_init` is the
     randomly initialised model's result on the same task. Empty: the circuit passes them all."""
-    failures = [control.cell(result).failure for control in CONTROLS if not control.baseline and control.failed(result)]
+    cells = (control.cell(result) for control in CONTROLS if not control.baseline)
+    failures = [cell.failure for cell in cells if cell is not None and cell.failed]
     if random_init is not None and random_init.sufficient:
         failures.append("a random-init model reaches")
     return failures
