@@ -77,6 +77,10 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
         dynamo_backend="inductor" if recipe.train.compile else "no",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if accelerator.device.type == "cpu":
+        # The cores shared among the processes (`accelerate launch` sets OMP_NUM_THREADS=1). Set here, for
+        # every stage: a stage rerun on its own then sums in the same order and repeats its numbers exactly.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     if fsdp.enable_on_cpu(accelerator):
         accelerator.print("no GPU: FSDP2 runs over gloo on the CPU (Accelerate itself would fall back to DDP)")
     return accelerator
@@ -153,8 +157,6 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     is raised before the folder is claimed."""
     session_start = time.time()
     set_seed(recipe.train.seed)
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     with phase("load model"):
         tokenizer = load_tokenizer(recipe.model)
         model = load_model(recipe.model, vocab_size=len(tokenizer))

@@ -353,6 +353,27 @@ def accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+def test_every_stage_gets_the_same_thread_count(write_recipe, monkeypatch):
+    """The thread count is set with the accelerator, which every stage makes: a report rerun on its own
+    (no training in its process) sums in the order the run's did. It was set by training alone, and a
+    run killed after training wrote another report, last digits apart, on CI's cores (issue 30's CI)."""
+    from accelerate.state import AcceleratorState
+
+    from extract.recipe import load_recipe
+    from extract.train import make_accelerator
+
+    recipe = load_recipe(str(write_recipe()))[0]
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    try:
+        torch.set_num_threads(1)
+        make_accelerator(recipe)
+        assert torch.get_num_threads() == 6  # one process: all the cores
+    finally:
+        torch.set_num_threads(before)
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _one_step_update(model_dir, scaler, unscale_first: bool) -> torch.Tensor:
     """The weight change of one training step through apply_gradients, optionally under a GradScaler
     (as Accelerate's fp16 runs it: a scaled backward, then an AcceleratedOptimizer whose step
