@@ -160,7 +160,17 @@ class PruneConfig:
     steps: int = field(default=100, metadata=POSITIVE_INT)
     batch_size: int = field(default=32, metadata=POSITIVE_INT)  # examples per mask step
     lr: float = field(default=3e-2, metadata=POSITIVE_NUMBER)
-    k_coef: float = field(default=1e-3, metadata=at_least(0))  # penalty per kept node
+    # "fixed": k_coef per kept node, then each fallback (measured best on the embedded model); "budget":
+    # the penalty adapts every step to hold the mask's task loss at loss_budget x target_loss, whatever
+    # the model's size (the Hub recipes: a fixed k_coef switches a 135M model's mask off, issue 30)
+    penalty: Literal["fixed", "budget"] = "fixed"
+    loss_budget: float = field(default=0.5, metadata=interval(0, 1, "(]"))  # a fraction of target_loss
+    penalty_rate: float = field(default=0.1, metadata=POSITIVE_NUMBER)  # log-weight change per step, at most
+    k_coef: float = field(default=1e-3, metadata=at_least(0))  # "fixed": penalty per kept node
+    # where every node's tau starts (the gate opens at tau > 0; taus live in [-1, 1]). From 0.1 a few
+    # noisy Adam steps close a node; from 1.0 only a push sustained over 1 / lr steps does, which a
+    # model with 144,000 nodes needs (docs/circuits.md, "A penalty that scales")
+    init_tau: float = field(default=0.1, metadata=interval(0, 1, "(]"))
     # Tried in order when the mask trained at k_coef misses the target on a task the model solves: a
     # high penalty can switch off a node the task needs early, before the task loss feels it.
     k_coef_fallbacks: list[float] = field(default_factory=lambda: [3e-4, 1e-4], metadata=_rule(

@@ -110,6 +110,14 @@ def merge_circuits(report: dict, out: Path) -> dict:
     return report
 
 
+def add_timings(out: Path, parts: dict[str, float]) -> None:
+    """Keep where the run's time went in report.json (extract/timings.py), once the run has ended."""
+    path = out / "report.json"
+    if path.is_file():
+        atomic.write_json_atomic(path, {**atomic.read_json(path, "delete it and rerun the command with --stage report"),
+                                        "time_seconds": parts})
+
+
 def refresh_report(out: Path, recipe_file: str) -> dict:
     """After pruning alone: update report.json with the circuits (starting one if there is none)."""
     path = out / "report.json"

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: make the package importable from a checkout
@@ -74,6 +75,7 @@ def _print_error(error: Exception) -> None:
 
 def main(argv: list[str] | None = None, phase=None) -> int:
     """The command line. `phase`: a hook around the training loop's phases (extract/train.py), for benchmarks."""
+    started = time.time()
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.model:
@@ -124,49 +126,72 @@ def main(argv: list[str] | None = None, phase=None) -> int:
         accelerator = make_accelerator(recipe)
         out = Path(recipe.output_dir)
         with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
-            return _run_stages(args, recipe, recipe_path, pushes, accelerator, phase)
+            return _run_stages(args, recipe, recipe_path, pushes, accelerator, phase, started)
     except UserError as error:  # anything else is a bug in this project: keep its traceback
         _print_error(error)
         return 1
 
 
-def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phase=None) -> int:
+def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phase=None, started=None) -> int:
     """The stages in order, with the output folder locked by this run."""
     from extract.outputs import check_recipe, save_recipe
     from extract.report import write_report
+    from extract.timings import Timings, all_parts, timing_table
     from extract.train import train
 
     out = Path(recipe.output_dir)
-    if accelerator.is_main_process:
+    main_process = accelerator.is_main_process
+    if main_process:
         check_recipe(recipe, out)  # a different run's folder is refused before anything loads
         if args.stage not in ("sparsify", "all"):  # (training saves it once its inputs have loaded)
             save_recipe(recipe, out)
     accelerator.wait_for_everyone()
+    timings = Timings(out, accelerator.process_index)
+    if started is not None:
+        timings.record("set-up (imports, accelerator)", time.time() - started)
     if args.stage in ("sparsify", "all"):
         train(recipe, accelerator, **({"phase": phase} if phase else {}))
-    # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so
-    if (args.stage == "prune" or (args.stage == "all" and recipe.tasks)) and accelerator.is_main_process:
+        _record_sparsify_time(out, timings)
+    # `all` prunes when the recipe lists tasks; an explicit `prune` without tasks says so. Every process
+    # takes a share of the (task, model) jobs; the main one writes the summary.
+    if args.stage == "prune" or (args.stage == "all" and recipe.tasks):
         from extract.circuits.stage import prune_stage
         from extract.report import refresh_report
         from extract.report_view import ratio_line
 
-        pruned = prune_stage(recipe, accelerator.device)
-        if args.stage == "prune":
+        pruned = prune_stage(recipe, accelerator.device, accelerator.process_index, accelerator.num_processes,
+                             timings)
+        if args.stage == "prune" and main_process:
             refresh_report(Path(recipe.output_dir), _display_path(recipe_path))
             if len(pruned["summary"]["compared"]) == 2:
                 print(ratio_line(pruned["summary"], "tasks both models solve").replace("**", ""))
             print(f"report: {Path(recipe.output_dir) / 'report.md'} (and report.html, to explore the circuits)")
-    if args.stage in ("report", "all") and accelerator.is_main_process:
+    if args.stage in ("report", "all") and main_process:
         from extract.report_md import summary_lines
         from extract.report_view import report_view
 
-        report = write_report(recipe, _display_path(recipe_path), accelerator.device)
+        with timings.part("report"):
+            report = write_report(recipe, _display_path(recipe_path), accelerator.device)
         print("\n".join(summary_lines(report_view(report))))
         print(f"report: {Path(recipe.output_dir) / 'report.json'} (and report.md; report.html to explore the circuits)")
-    if pushes and accelerator.is_main_process:
-        _push(recipe)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # (every process's prune jobs timed)
+    if main_process:
+        from extract.report import add_timings
+
+        add_timings(out, all_parts(out))  # before a push, so the Hub's report has them too
+    if pushes and main_process:
+        with timings.part("push"):
+            _push(recipe)
+    if main_process:
+        print(timing_table(all_parts(out)))
     return 0
+
+
+def _record_sparsify_time(out: Path, timings) -> None:
+    """Sparsifying's wall time over every session that trained (resumed runs included), as training saved it."""
+    state = out / "model" / "trainer_state.json"
+    if state.is_file():
+        timings.record("sparsify (every session)", json.loads(state.read_text())["wall_seconds"])
 
 
 def _push(recipe) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from extract.paths import CIRCUITS_DIRNAME, MODEL_DIRNAME, TRAIN_LOG_FILE
 
-VARIES = {"tokens_per_s", "prune_seconds", "wall_seconds", "model_path"}  # clocks and where the run was
+VARIES = {"tokens_per_s", "prune_seconds", "wall_seconds", "time_seconds", "model_path"}  # clocks and where the run was
 RENAMED = {"local_loss": "short_range_loss", "local_tokens": "short_range_tokens"}
 
 

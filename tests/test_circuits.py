@@ -416,3 +416,39 @@ def test_a_circuit_file_naming_nodes_the_model_lacks_is_refused_by_name():
     with pytest.raises(UserError, match=r"quotes.sparse.json: nodes: site '1.mlp' has 37 nodes .* names node 40"):
         gates_from_record({"nodes": {"1.mlp": [3, 40]}}, widths, "circuits/quotes.sparse.json")
 
+
+
+def test_the_budget_penalty_rises_under_the_budget_falls_over_it_and_is_shared_by_the_nodes():
+    from extract.circuits.prune import BudgetPenalty
+
+    small, large = BudgetPenalty(0.1, nodes=700, rate=0.1), BudgetPenalty(0.1, nodes=140_000, rate=0.1)
+    assert small.weight == large.weight == 1.0
+    assert small.per_node() == pytest.approx(200 * large.per_node())  # the same weight, spread over more nodes
+    for _ in range(10):
+        small.update(0.0)  # far under the budget: up by the full rate each step
+    assert small.weight == pytest.approx(math.e)
+    small.update(0.05)  # smoothed 0.015: still under, by less of the budget
+    assert math.e < small.weight < math.e ** 1.1
+    for _ in range(30):
+        small.update(1.0)  # over: down by the full rate once the smoothed loss passes twice the budget
+    assert small.weight < 0.2
+
+
+@pytest.mark.slow
+def test_the_budget_penalty_finds_a_circuit_in_one_run_and_holds_the_mask_at_its_budget():
+    """The penalty that adapts (prune.penalty=budget): one mask, no fallbacks, a circuit sufficient and
+    necessary on test, and a mask whose task loss ends near the budget rather than at zero."""
+    from extract.circuits.find import find_circuit
+    from extract.recipe import PruneConfig
+
+    model, sites, means, task = copy_task()
+    cfg = PruneConfig(penalty="budget", steps=200, batch_size=32, lr=3e-2, random_draws=3, nonsense_control=False,
+                      attribution_baseline=False)
+    log = []
+    found = find_circuit(model, sites, means, task, cfg, on_step=lambda step, loss, kept: log.append((loss, kept)))
+    result = found.result
+    assert len(result.attempts) == 1 and result.k_coef > 0  # the per-node penalty it ended at
+    assert result.circuit is not None and result.circuit.sufficient and result.circuit.necessary, result
+    assert result.circuit.nodes < count_nodes(sites) / 4  # a small part of the model does the task
+    late = sum(loss for loss, _ in log[-50:]) / 50
+    assert 0.01 < late < cfg.target_loss, late  # held near the budget (0.075), not at zero

@@ -8,10 +8,11 @@ on test. The result is a TaskResult (results.py), written to the report and the 
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -27,6 +28,8 @@ from extract.circuits.sites import Site
 from extract.recipe import PruneConfig
 from extract.tasks.examples import TaskExample, last_tokens, two_way_scores
 from extract.tasks.nonsense import nonsense_twin
+
+log = logging.getLogger(__name__)
 
 # A circuit scoring under half the full model's loss (and at least this much under it) does the task
 # better than the model does: the mean ablation is fitting the task, not exposing a mechanism.
@@ -80,9 +83,10 @@ def loss_edges_curve(model, mask: NodeMask, test: list[TaskExample], points: int
     return curve
 
 
-def penalties(cfg: PruneConfig) -> list[float]:
-    """k_coef, then each fallback: the penalties one task on one model may be pruned with."""
-    return [cfg.k_coef, *cfg.k_coef_fallbacks]
+def penalties(cfg: PruneConfig) -> list[float | None]:
+    """The penalties one task on one model may be pruned with: the budget penalty once (None), or
+    k_coef and then each fallback."""
+    return [None] if cfg.penalty == "budget" else [cfg.k_coef, *cfg.k_coef_fallbacks]
 
 
 def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_attempt):
@@ -91,13 +95,14 @@ def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_at
     attempts = []
     for k_coef in penalties(cfg):
         if on_attempt is not None:
-            on_attempt(f"k_coef={k_coef:g}")
+            on_attempt("budget penalty" if k_coef is None else f"k_coef={k_coef:g}")
         torch.manual_seed(cfg.seed)
-        mask = NodeMask(sites, means).to(device)  # taus drawn on the CPU: the same circuit on any device
-        train_mask(model, mask, task.train_examples(), replace(cfg, k_coef=k_coef), on_step=on_step)
+        mask = NodeMask(sites, means, init_mean=cfg.init_tau).to(device)  # taus drawn on the CPU: any device
+        per_node = train_mask(model, mask, task.train_examples(), cfg, on_step=on_step, k_coef=k_coef)
+        log.info("%s: choosing the circuit's size on validation (bisection)", task.name)
         found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss,
                                  cfg.validation_margin_se, len(task.test))
-        attempts.append(Attempt(k_coef, int((mask.flat_taus() > 0).sum()), found is not None))
+        attempts.append(Attempt(per_node, int((mask.flat_taus() > 0).sum()), found is not None))
         if found is not None:
             break
     return mask, found, attempts
@@ -125,12 +130,15 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
         return Found(result, None, [])
     mask, found, result.attempts = _prune(model, sites, means, task, cfg, on_step, on_attempt)
     result.examples["train"] = len(task.train_examples())
+    log.info("%s: loss against size along the mask's ranking, on test", task.name)
     curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
     # the lowest test loss this mask offers, with every node it kept: the curve's last point
     result.mask_loss = curve[-1]["loss"] if curve else None
     gates = None
     if found is not None:
         gates, chosen_on = found
+        log.info("%s: checking the circuit on test (sufficient, necessary, %d random circuits)", task.name,
+                 cfg.random_draws)
         checks = check_circuit(model, mask, gates, task.test, cfg.target_loss, cfg.random_draws, cfg.seed)
         calibrated, calibration = calibrate_circuit(model, mask, gates, task.train_examples(), task.test)
         result.circuit = CircuitChecks.from_dict({
@@ -139,12 +147,14 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
             "fits_through_ablation": fits_through_ablation(checks["loss"], full["loss"]),
             "calibrated_loss": calibrated, "calibration": calibration.as_dict()})
         if controls and cfg.attribution_baseline:
+            log.info("%s: the attribution-patching baseline", task.name)
             result.attribution = AttributionBaseline(**attribution_circuit(
                 model, mask, task.train_examples(), task.validation, task.test, cfg.target_loss,
                 cfg.validation_margin_se))
         if controls and cfg.nonsense_control:
             result.nonsense = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
         if controls:
+            log.info("%s: the controls (%s)", task.name, ", ".join(c.name for c in CONTROLS if c.run is not None))
             inputs = ControlInputs(model, mask, gates, task, cfg)
             result.controls = {c.name: c.run(inputs) for c in CONTROLS if c.run is not None}
     result.prune_seconds = time.time() - start

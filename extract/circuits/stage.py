@@ -6,9 +6,12 @@ folds them into report.json and report.md when a report exists.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from extract.recipe import ModelConfig, Recipe, RecipeError, TaskFileRef
 from extract.tasks.builtin import builtin_task
 from extract.tasks.examples import SPLITS, split_of
 from extract.tasks.jsonl import TaskFileError, load_task_file
+from extract.timings import Timings
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ def cached_means(model, sites, blocks: torch.Tensor, cache_dir: Path, fingerprin
     log.info("estimating mean activations on %d held-out blocks", len(blocks))
     means = site_means(model, sites, blocks)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # two processes may estimate the same means
     save_file({k: v.contiguous() for k, v in means.items()}, tmp)
     tmp.replace(path)
     return means
@@ -207,26 +211,50 @@ def summarise(tasks: dict[str, dict[str, TaskResult]], compared: tuple[str, ...]
             "random_init_reached": [name for name, r in random_init if r.sufficient]}
 
 
-def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
-    """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved).
+@dataclass
+class Prepared:
+    """What every job on one model shares: its node sites, ablation means and their provenance."""
+    sites: list
+    blocks: torch.Tensor
+    fingerprint: str
+    means: dict[str, torch.Tensor]
+    means_path: str  # relative to the circuits folder
 
-    Everything that runs a model (means, mask training, bisection, checks, calibration, edge counts)
-    runs on `device` (the accelerator's). Each model is moved there for its own tasks and back after,
-    so only one model at a time takes device memory."""
+
+def prune_stage(recipe: Recipe, device: torch.device | str, rank: int = 0, world: int = 1,
+                timings: Timings | None = None) -> dict | None:
+    """Prune every task on every model; returns {"tasks": ..., "summary": ...} (also saved) on the main
+    process, None on the others.
+
+    Each (task, model) is a job whose result is a file (RESULTS_DIRNAME), so a rerun resumes per job.
+    With several processes (`accelerate launch --num_processes N`), process `rank` runs every N-th job,
+    and the results meet through those files: each process then reads all of them, and the main one
+    writes the summary, the same as one process would. The random-init control's jobs come second:
+    they run only for tasks a real model solves.
+
+    Everything that runs a model runs on `device` (the process's accelerator); a model is moved there
+    for its job and back after, so one model at a time takes device memory."""
     from extract.plots import plot_loss_vs_edges
 
     if not recipe.tasks:
         raise RecipeError("tasks: the recipe lists no tasks: add `tasks: [single_double_quote, {file: my_task.jsonl}]`")
     out = Path(recipe.output_dir) / CIRCUITS_DIRNAME
-    cfg = recipe.prune
+    timings = timings or Timings(out.parent, rank)
     models = models_to_prune(recipe)
+    prepared = _prepare_models(models, recipe, out, device, rank, world, timings)
     tasks: dict[str, dict] = {}
     curves: dict[str, dict[str, list]] = {}
-    for entry in models:
-        entry.model.to(device)
-        _prune_model(entry, recipe, out, tasks, curves)
-        entry.model.to("cpu")
-    compared = tuple(m.role for m in models if m.role != RANDOM_INIT)[:2]
+    real = [entry for entry in models if entry.role != RANDOM_INIT]
+    _run_jobs([(entry, task) for entry in real for task in recipe.tasks], prepared, recipe, out, device, rank,
+              world, timings, tasks, curves)
+    # the control is for circuits the report claims, not for tasks no model does
+    solved = [task for task in recipe.tasks if any(r.solved for r in tasks.get(task_name(task), {}).values())]
+    _run_jobs([(entry, task) for entry in models if entry.role == RANDOM_INIT for task in solved], prepared,
+              recipe, out, device, rank, world, timings, tasks, curves)
+    if rank != 0:
+        return None
+    cfg = recipe.prune
+    compared = tuple(entry.role for entry in real)[:2]
     result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks_to_dict(tasks),
               "summary": summarise(tasks, compared)}
     atomic.write_json_atomic(out / SUMMARY_FILE, result)
@@ -234,69 +262,117 @@ def prune_stage(recipe: Recipe, device: torch.device | str) -> dict:
     return result
 
 
-def _prune_model(entry: PrunedModel, recipe: Recipe, out: Path, tasks: dict, curves: dict) -> None:
-    """Every recipe task on one model (already on its device); fills `tasks` and `curves`."""
+def _barrier(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _prepare_models(models: list[PrunedModel], recipe: Recipe, out: Path, device, rank: int, world: int,
+                    timings: Timings) -> dict[str, Prepared]:
+    """Sites and means of every model. Process `rank` estimates every N-th model's means into the cache;
+    after a barrier every process reads the rest from it (each needs them all: a job's result key
+    depends on its model's means)."""
+    prepared = {}
+    for turn in (0, 1):  # 0: this process's share, 1: the rest, once every share is cached
+        for index, entry in enumerate(models):
+            if (index % world == rank) != (turn == 0):
+                continue
+            sites = node_sites(entry.model)
+            blocks = _mean_blocks(recipe, entry.tokenizer)
+            fingerprint = weights_fingerprint(entry.model)
+            cached = (out / MEANS_DIRNAME / means_file(fingerprint, blocks)).is_file()
+            with timings.part(f"means ({entry.role})") if not cached else contextlib.nullcontext():
+                entry.model.to(device)
+                means = cached_means(entry.model, sites, blocks, out / MEANS_DIRNAME, fingerprint)
+                entry.model.to("cpu")
+            prepared[entry.role] = Prepared(sites, blocks, fingerprint, means,
+                                            f"{MEANS_DIRNAME}/{means_file(fingerprint, blocks)}")
+        if turn == 0:
+            _barrier(world)
+    return prepared
+
+
+def _run_jobs(jobs: list, prepared: dict[str, Prepared], recipe: Recipe, out: Path, device, rank: int, world: int,
+              timings: Timings, tasks: dict, curves: dict) -> None:
+    """This process's share of `jobs` (every `world`-th), then every job's result, waiting for the files
+    the other processes write; fills `tasks` and `curves` in job order."""
+    keyed = []
+    for entry, task in jobs:
+        data = load_task(task, entry.tokenizer, entry.model.config.max_position_embeddings, recipe)
+        prep = prepared[entry.role]
+        keyed.append((entry, data, result_key(recipe, prep.fingerprint, prep.means, data)))
+    done = {}
+    for index, (entry, data, key) in enumerate(keyed):
+        if index % world == rank:
+            entry.model.to(device)
+            done[index] = _run_job(entry, prepared[entry.role], data, key, recipe, out, timings)
+            entry.model.to("cpu")
+    for index, (entry, data, key) in enumerate(keyed):
+        result, curve = done.get(index) or _wait_for_result(out / RESULTS_DIRNAME / circuit_file(data.name, entry.role),
+                                                            key)
+        tasks.setdefault(data.name, {})[entry.role] = result
+        curves.setdefault(data.name, {})[entry.role] = curve
+
+
+def _wait_for_result(path: Path, key: str, poll_seconds: float = 2.0) -> tuple[TaskResult, list[dict]]:
+    """Another process's job result, once written. If that process fails, the launcher ends this one."""
+    while (saved := load_result(path, key)) is None:
+        time.sleep(poll_seconds)
+    return saved
+
+
+def _run_job(entry: PrunedModel, prep: Prepared, data: TaskData, key: str, recipe: Recipe, out: Path,
+             timings: Timings) -> tuple[TaskResult, list[dict]]:
+    """One task on one model (already on its device), or its result from an earlier run."""
     from extract.plots import draw_circuit
 
     cfg = recipe.prune
-    sites = node_sites(entry.model)
-    blocks = _mean_blocks(recipe, entry.tokenizer)
-    fingerprint = weights_fingerprint(entry.model)
-    means = cached_means(entry.model, sites, blocks, out / MEANS_DIRNAME, fingerprint)
-    means_path = f"{MEANS_DIRNAME}/{means_file(fingerprint, blocks)}"  # relative to the circuits folder
-    max_context = entry.model.config.max_position_embeddings  # every HF config answers to this name
-    for task in recipe.tasks:
-        data = load_task(task, entry.tokenizer, max_context, recipe)
-        if entry.role == RANDOM_INIT and not any(r.solved for r in tasks.get(data.name, {}).values()):
-            continue  # the control is for circuits the report claims, not for tasks no model does
-        result_path = out / RESULTS_DIRNAME / circuit_file(data.name, entry.role)
-        key = result_key(recipe, fingerprint, means, data)
-        saved = load_result(result_path, key)
-        if saved is not None and not _circuit_file_reads(out / circuit_file(data.name, entry.role), saved[0]):
-            log.warning("%s is damaged; pruning %s (%s) again", out / circuit_file(data.name, entry.role),
-                        data.name, entry.role)
-            saved = None
-        if saved is not None:  # a rerun after an interruption: this one is done
-            _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, sites, means, blocks, data)
-            tasks.setdefault(data.name, {})[entry.role], curves.setdefault(data.name, {})[entry.role] = saved
-            log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved[0],
-                                                                  cfg.target_loss))
-            continue
-        bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
-        control = entry.role == RANDOM_INIT  # pruned even though unsolved; no controls of its own
-        found = find_circuit(entry.model, sites, means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
-                             prune_unsolved=control, controls=not control)
-        bar.close()
-        tasks.setdefault(data.name, {})[entry.role] = found.result
-        curves.setdefault(data.name, {})[entry.role] = found.curve
-        if found.result.pruned:  # (not skipped as unsolved): save the circuit
-            record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
-                                    weights=fingerprint, means_file=means_path, test=data.test)
-            if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
-                record["descriptions"] = _describe(entry, sites, means, found.gates, blocks, data)
-            write_circuit(out / circuit_file(data.name, entry.role), record)
-            if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
-                draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
-        # written last, after the circuit files: its presence means this (task, model) is complete
-        atomic.write_json_atomic(result_path, {"key": key, "result": found.result.to_dict(), "curve": found.curve})
-        log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+    result_path = out / RESULTS_DIRNAME / circuit_file(data.name, entry.role)
+    saved = load_result(result_path, key)
+    if saved is not None and not _circuit_file_reads(out / circuit_file(data.name, entry.role), saved[0]):
+        log.warning("%s is damaged; pruning %s (%s) again", out / circuit_file(data.name, entry.role),
+                    data.name, entry.role)
+        saved = None
+    if saved is not None:  # a rerun after an interruption: this one is done
+        _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, prep, data)
+        log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved[0], cfg.target_loss))
+        return saved
+    bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
+    control = entry.role == RANDOM_INIT  # pruned even though unsolved; no controls of its own
+    found = find_circuit(entry.model, prep.sites, prep.means, data, cfg, on_step=bar.step, on_attempt=bar.attempt,
+                         prune_unsolved=control, controls=not control)
+    bar.close()
+    if found.result.pruned:  # (not skipped as unsolved)
+        timings.record(f"{data.name} on {entry.role}, with its controls", found.result.prune_seconds)
+        record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
+                                weights=prep.fingerprint, means_file=prep.means_path, test=data.test)
+        if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
+            with timings.part(f"describe {data.name} on {entry.role}"):
+                record["descriptions"] = _describe(entry, prep, found.gates, data)
+        write_circuit(out / circuit_file(data.name, entry.role), record)
+        if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
+            draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
+    # written last, after the circuit files: its presence means this (task, model) is complete
+    atomic.write_json_atomic(result_path, {"key": key, "result": found.result.to_dict(), "curve": found.curve})
+    log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+    return found.result, found.curve
 
 
-def _describe(entry: PrunedModel, sites, means, gates, blocks: torch.Tensor, data: TaskData) -> dict:
+def _describe(entry: PrunedModel, prep: Prepared, gates, data: TaskData) -> dict:
     log.info("describing the %d nodes of %s (%s)", int(sum(g.sum() for g in gates.values())), data.name, entry.role)
-    mask = NodeMask(sites, means).to(next(entry.model.parameters()).device)
-    return describe_circuit(entry.model, entry.tokenizer, sites, mask, gates, blocks, data.test)
+    mask = NodeMask(prep.sites, prep.means).to(next(entry.model.parameters()).device)
+    return describe_circuit(entry.model, entry.tokenizer, prep.sites, mask, gates, prep.blocks, data.test)
 
 
-def _add_missing_descriptions(path: Path, entry: PrunedModel, sites, means, blocks, data: TaskData) -> None:
+def _add_missing_descriptions(path: Path, entry: PrunedModel, prep: Prepared, data: TaskData) -> None:
     """A circuit file from before node descriptions gets them, without pruning again."""
     if not path.is_file():
         return
     record = read_circuit(path)
     if "descriptions" in record or not record.get("nodes"):
         return
-    gates = gates_from_record(record, {s.key: s.width for s in sites}, str(path))
-    record["descriptions"] = _describe(entry, sites, means, gates, blocks, data)
+    gates = gates_from_record(record, {s.key: s.width for s in prep.sites}, str(path))
+    record["descriptions"] = _describe(entry, prep, gates, data)
     write_circuit(path, record)
 
 
@@ -317,6 +393,8 @@ class _LazyBar:
         self.bar.update(1)
         if step % 10 == 0:
             self.bar.set_postfix(task_loss=f"{task_loss:.3f}", kept=int(kept))
+        if self.bar.n >= self.total:  # the mask is trained: what follows logs on lines of its own
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

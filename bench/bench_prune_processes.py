@@ -1,0 +1,68 @@
+"""The prune stage on one process against several (`accelerate launch --num_processes N`): wall time,
+and whether the reports agree apart from wall times.
+
+    python bench/bench_prune_processes.py --sparse outputs/tiny-python/model --json bench/results/prune_processes.json
+
+Prunes the given tasks on the embedded dense model and a sparse model of the default recipe with the
+tiny-python recipe's settings (`--quick`: the nonsense twin and the attribution baseline off), once in
+one process and once in N gloo processes on the CPU. Each process gets the CPU's cores divided by the
+processes as its threads (extract/train.py `make_accelerator`). Run it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from default_runs import machine  # noqa: E402
+
+
+def without_times(data):
+    if isinstance(data, dict):
+        return {k: without_times(v) for k, v in data.items() if "seconds" not in k}
+    return [without_times(v) for v in data] if isinstance(data, list) else data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sparse", required=True, help="a sparse model of the default recipe")
+    parser.add_argument("--tasks", nargs="+", default=["while_return_true", "single_double_quote"])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="the nonsense twin and attribution baseline off")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    common = ["--stage", "prune", "--model", "embedded", "--model", args.sparse,
+              *[a for t in args.tasks for a in ("--task", t)],
+              *(["prune.nonsense_control=false", "prune.attribution_baseline=false"] if args.quick else [])]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+              str(args.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, prefix in (("1 process", [sys.executable]), (f"{args.processes} processes", launch)):
+            out = Path(tmp) / name.replace(" ", "-")
+            start = time.time()
+            subprocess.run([*prefix, str(ROOT / "extract" / "run.py"), *common, f"output_dir={out}"], env=env,
+                           cwd=ROOT, check=True, capture_output=True)
+            report = json.loads((out / "report.json").read_text())
+            runs[name] = {"wall_seconds": round(time.time() - start), "report": report}
+            print(name, runs[name]["wall_seconds"], "s", flush=True)
+        one, many = (runs[n]["report"] for n in runs)
+        same = without_times(one["tasks"]) == without_times(many["tasks"])
+    result = {"command": "python bench/bench_prune_processes.py " + " ".join(sys.argv[1:]), **machine(),
+              "wall_seconds": {n: r["wall_seconds"] for n, r in runs.items()}, "same_report_apart_from_times": same,
+              "time_seconds": {n: r["report"].get("time_seconds") for n, r in runs.items()}}
+    print(json.dumps({k: v for k, v in result.items() if k != "time_seconds"}, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
