@@ -153,8 +153,8 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
                 cfg.validation_margin_se))
         if controls and cfg.nonsense_control:
             result.nonsense = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
-        if controls:
-            log.info("%s: the controls (%s)", task.name, ", ".join(c.name for c in CONTROLS if c.run is not None))
+        if controls and (registered := [c.name for c in CONTROLS if c.run is not None]):
+            log.info("%s: the controls (%s)", task.name, ", ".join(registered))
             inputs = ControlInputs(model, mask, gates, task, cfg)
             result.controls = {c.name: c.run(inputs) for c in CONTROLS if c.run is not None}
     result.prune_seconds = time.time() - start
