@@ -25,12 +25,7 @@ class Timings:
 
     def __init__(self, out: Path, rank: int = 0):
         self.path = _file(out, rank)
-        self.parts: dict[str, float] = {}
-        if self.path.is_file():
-            try:
-                self.parts = json.loads(self.path.read_text())
-            except ValueError:  # a damaged timings file costs the earlier parts' times, nothing else
-                self.parts = {}
+        self.parts: dict[str, float] = _read(self.path)
 
     def record(self, name: str, seconds: float) -> None:
         self.parts[name] = round(seconds, 1)
@@ -47,12 +42,16 @@ def all_parts(out: Path) -> dict[str, float]:
     """Every process's parts, the main process's first."""
     parts: dict[str, float] = {}
     for path in [_file(out, 0), *sorted(Path(out).glob("timings-rank*.json"))]:
-        if path.is_file():
-            try:
-                parts.update(json.loads(path.read_text()))
-            except ValueError:
-                continue
+        parts.update(_read(path))
     return parts
+
+
+def _read(path: Path) -> dict[str, float]:
+    """A timings file's parts; none for a missing or damaged one (that costs earlier times, nothing else)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def timing_table(parts: dict[str, float]) -> str:

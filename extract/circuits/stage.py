@@ -280,13 +280,13 @@ def _prepare_models(models: list[PrunedModel], recipe: Recipe, out: Path, device
             sites = node_sites(entry.model)
             blocks = _mean_blocks(recipe, entry.tokenizer)
             fingerprint = weights_fingerprint(entry.model)
-            cached = (out / MEANS_DIRNAME / means_file(fingerprint, blocks)).is_file()
+            means_path = f"{MEANS_DIRNAME}/{means_file(fingerprint, blocks)}"  # relative to the circuits folder
+            cached = (out / means_path).is_file()
             with timings.part(f"means ({entry.role})") if not cached else contextlib.nullcontext():
                 entry.model.to(device)
                 means = cached_means(entry.model, sites, blocks, out / MEANS_DIRNAME, fingerprint)
                 entry.model.to("cpu")
-            prepared[entry.role] = Prepared(sites, blocks, fingerprint, means,
-                                            f"{MEANS_DIRNAME}/{means_file(fingerprint, blocks)}")
+            prepared[entry.role] = Prepared(sites, blocks, fingerprint, means, means_path)
         if turn == 0:
             _barrier(world)
     return prepared
