@@ -6,7 +6,8 @@ model's size (`prune.penalty`), on the embedded model, a sparse model and any sa
         --variants "penalty=budget,init_tau=1.0,batch_size=8" "penalty=budget,batch_size=8" --steps-log 5
 
 Each variant is a comma-separated list of `prune.` overrides on the tiny-python recipe's prune settings.
-Each (model, task, variant) runs `find_circuit` with the controls off (they do not change the circuit):
+Each (model, task, variant) runs `find_circuit` with the controls off (they do not change the circuit;
+`--controls` turns the recipe's on, to time a whole task):
 the mask's task loss and kept nodes every `--steps-log` steps, the nodes it kept, and the circuit's
 nodes, edges and test loss, sufficient and necessary. `bench/prepare_smollm2.py DIR` makes a real
 135M checkpoint to pass as a model. Run it alone: two torch jobs on 2 cores slow each other.
@@ -48,8 +49,9 @@ def parse_variant(text: str, base: PruneConfig) -> PruneConfig:
     return replace(base, **values)
 
 
-def run(model_name: str, tasks: list[str], variants: list[str], steps_log: int, cache: Path) -> list[dict]:
-    recipe, _ = load_recipe("tiny-python", QUIET)
+def run(model_name: str, tasks: list[str], variants: list[str], steps_log: int, cache: Path,
+        controls: bool = False) -> list[dict]:
+    recipe, _ = load_recipe("tiny-python", [] if controls else QUIET)
     config = recipe.model if model_name == "dense" else ModelConfig(name_or_path=model_name)
     model, tokenizer = load_model(config).eval(), load_tokenizer(config)
     sites = node_sites(model)
@@ -81,12 +83,14 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--steps-log", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--controls", action="store_true", help="the recipe's controls on (times a whole task)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
     cache = Path(os.environ.get("TMPDIR", "/tmp")) / "bench-penalty-means"
-    rows = [row for model in args.models for row in run(model, args.tasks, args.variants, args.steps_log, cache)]
+    rows = [row for model in args.models
+            for row in run(model, args.tasks, args.variants, args.steps_log, cache, args.controls)]
     result = {"command": "python bench/bench_penalty.py " + " ".join(sys.argv[1:]), **machine(), "rows": rows,
               "wall_seconds": round(time.time() - start)}
     if args.json:

@@ -1,5 +1,5 @@
 """The prune stage on one process against several (`accelerate launch --num_processes N`): wall time,
-and whether the reports agree apart from wall times.
+and where the reports differ apart from wall times (floats to a relative 1e-4: extract/report_diff.py).
 
     python bench/bench_prune_processes.py --sparse outputs/tiny-python/model --json bench/results/prune_processes.json
 
@@ -23,11 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from default_runs import machine  # noqa: E402
 
-
-def without_times(data):
-    if isinstance(data, dict):
-        return {k: without_times(v) for k, v in data.items() if "seconds" not in k}
-    return [without_times(v) for v in data] if isinstance(data, list) else data
+from extract.report_diff import differences, without_times  # noqa: E402
 
 
 def main() -> None:
@@ -55,9 +51,9 @@ def main() -> None:
             runs[name] = {"wall_seconds": round(time.time() - start), "report": report}
             print(name, runs[name]["wall_seconds"], "s", flush=True)
         one, many = (runs[n]["report"] for n in runs)
-        same = without_times(one["tasks"]) == without_times(many["tasks"])
+        differ = differences(without_times(one["tasks"]), without_times(many["tasks"]))
     result = {"command": "python bench/bench_prune_processes.py " + " ".join(sys.argv[1:]), **machine(),
-              "wall_seconds": {n: r["wall_seconds"] for n, r in runs.items()}, "same_report_apart_from_times": same,
+              "wall_seconds": {n: r["wall_seconds"] for n, r in runs.items()}, "differences_apart_from_times": differ,
               "time_seconds": {n: r["report"].get("time_seconds") for n, r in runs.items()}}
     print(json.dumps({k: v for k, v in result.items() if k != "time_seconds"}, indent=2))
     if args.json:

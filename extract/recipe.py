@@ -189,6 +189,9 @@ class PruneConfig:
     # predicted test loss (validation and test noise together) is at most the target, so that the
     # circuit stays sufficient on test (docs/circuits.md: measured).
     validation_margin_se: float = field(default=2.0, metadata=at_least(0, "must be a number >= 0"))
+    # bisection may stop at a circuit at most this fraction larger than the smallest: on a large model
+    # it saves most of the evaluations (docs/circuits.md, "Cheaper pruning")
+    size_tolerance: float = field(default=0.01, metadata=interval(0, 1, "[)"))
     # random circuits with the same nodes per site, per circuit: none should be sufficient
     random_draws: int = field(default=10, metadata=at_least(0))
     nonsense_control: bool = True  # prune each task's twin with labels that ignore the deciding detail

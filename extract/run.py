@@ -189,9 +189,12 @@ def _run_stages(args, recipe, recipe_path: Path, pushes: bool, accelerator, phas
 
 def _record_sparsify_time(out: Path, timings) -> None:
     """Sparsifying's wall time over every session that trained (resumed runs included), as training saved it."""
+    from extract import atomic
+
     state = out / "model" / "trainer_state.json"
     if state.is_file():
-        timings.record("sparsify (every session)", json.loads(state.read_text())["wall_seconds"])
+        saved = atomic.read_json(state, "sparsifying writes it at its end: run --stage sparsify again")
+        timings.record("sparsify (every session)", saved["wall_seconds"])
 
 
 def _push(recipe) -> None:

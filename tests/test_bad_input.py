@@ -66,7 +66,7 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "prune.short_range_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.k_coef_ramp": 1.5,
     "prune.weight_decay": -1, "prune.random_draws": -1, "prune.validation_margin_se": -1,
     "prune.k_coef_fallbacks": [-1], "prune.penalty": "adaptive", "prune.loss_budget": 0, "prune.penalty_rate": 0,
-    "prune.init_tau": 0,
+    "prune.init_tau": 0, "prune.size_tolerance": 1,
     "hub.repo_id": "no-namespace",
 }
 

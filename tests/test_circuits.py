@@ -132,6 +132,23 @@ def test_bisection_finds_the_smallest_k_in_few_evaluations():
     assert smallest_k(lambda k: 1.0, 1, 50, 0.1) is None  # unreachable target
 
 
+def test_bisection_with_a_tolerance_stops_early_within_it():
+    from extract.circuits.prune import smallest_k
+
+    def counted(calls, smallest=54_498):
+        def loss_at(k):
+            calls.append(k)
+            return 0.0 if k >= smallest else 1.0
+        return loss_at
+
+    exact, early = [], []
+    assert smallest_k(counted(exact), 1, 66_398, 0.5) == 54_498
+    found = smallest_k(counted(early), 1, 66_398, 0.5, tolerance=0.01)
+    assert 54_498 <= found <= 54_498 * 1.01 and found in early and counted([])(found) == 0.0
+    assert len(early) <= 8 < len(exact)
+    assert smallest_k(counted([], smallest=37), 1, 90, 0.5, tolerance=0.01) == 37  # under 100 nodes: exact
+
+
 def test_left_padded_batch_equals_each_prompt_alone(model):
     from extract.tasks.examples import TaskExample, last_position_logits
 
@@ -139,6 +156,20 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
     examples = [TaskExample(tuple(torch.randint(1, 50, (n,)).tolist()), 1, 2) for n in (3, 9, 5)]
     alone = torch.stack([model(input_ids=torch.tensor([e.prompt_ids])).logits[0, -1] for e in examples])
     torch.testing.assert_close(last_position_logits(model, examples), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_a_one_point_curve_is_the_last_point_of_the_full_curve(model, blocks):
+    from extract.circuits.find import loss_edges_curve
+    from extract.tasks.examples import TaskExample
+
+    sites = node_sites(model)
+    mask = NodeMask(sites, site_means(model, sites, blocks))
+    with torch.no_grad():
+        for tau in mask.taus.values():
+            tau.copy_(torch.randn(tau.shape, generator=torch.Generator().manual_seed(tau.numel())))
+    examples = [TaskExample(tuple(row[:6].tolist()), int(row[6]), int(row[7])) for row in blocks]
+    full, last = loss_edges_curve(model, mask, examples), loss_edges_curve(model, mask, examples, points=1)
+    assert len(full) > 1 and last == full[-1:] and last[0]["nodes"] == int((mask.flat_taus() > 0).sum())
 
 
 def _copy_task_model():

@@ -1,7 +1,6 @@
 """The prune stage through the command line, on a tiny GPT-2 trained in the test to close quotes."""
 import ast
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from extract.report_diff import differences, without_times
 from tests.conftest import ROOT, quote_lines, run_cli
 
 PRUNE = ["prune.steps=80", "prune.batch_size=32", "prune.lr=0.05", "prune.mean_blocks=8"]
@@ -258,30 +258,6 @@ def test_a_new_control_is_one_definition_that_every_report_shows(write_recipe, t
     assert "Shuffled prompts: the circuit on the test prompts with their tokens shuffled" in card
 
 
-def _without_times(data):
-    """`data` without wall times (the only thing two runs of the same jobs may differ in)."""
-    if isinstance(data, dict):
-        return {k: _without_times(v) for k, v in data.items() if "seconds" not in k}
-    return [_without_times(v) for v in data] if isinstance(data, list) else data
-
-
-def _assert_close(a, b, where: str = "") -> None:
-    """`a` and `b` equal in structure and every value, floats to a relative 1e-4."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-4,
-                                                                                             abs_tol=1e-7), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            _assert_close(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for index, (x, y) in enumerate(zip(a, b)):
-            _assert_close(x, y, f"{where}[{index}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.slow
 def test_two_processes_share_the_jobs_and_write_the_one_process_report(write_recipe, tmp_path, quote_model):
     """`accelerate launch --num_processes 2 ... --stage prune`: each process prunes every second (task,
@@ -301,8 +277,8 @@ def test_two_processes_share_the_jobs_and_write_the_one_process_report(write_rec
     reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two")]
     # the same circuits (nodes, edges, every verdict); losses agree to rounding: each process has its
     # share of the cores as threads, so its sums run in another order (4.099120 against 4.099135)
-    for key in ("tasks", "summary"):
-        _assert_close(_without_times(reports[1][key]), _without_times(reports[0][key]), key)
+    assert not differences(without_times(reports[1]["tasks"]), without_times(reports[0]["tasks"]))
+    assert not differences(without_times(reports[1]["summary"]), without_times(reports[0]["summary"]))
     # each process pruned one of the two jobs: one in the main process's timings, one in the other's
     ranks = [json.loads((tmp_path / "two" / name).read_text()) for name in ("timings.json", "timings-rank1.json")]
     assert [sum("with its controls" in part for part in parts) for parts in ranks] == [1, 1], ranks

@@ -196,7 +196,9 @@ def test_a_circuit_file_without_descriptions_gets_them_without_pruning_again(run
     path = copy / "circuits" / circuit_file("quotes", model)
     record = json.loads(path.read_text())
     described = record.pop("descriptions")
-    path.write_text(json.dumps(record))  # as written before descriptions existed
+    # as left by a run stopped while describing (the pruning is saved first), or written before
+    # descriptions existed
+    path.write_text(json.dumps(record))
     rerun = run_cli(*[a for a in args if not str(a).startswith("output_dir=")], f"output_dir={copy}")
     assert "describing the" in rerun.stderr and "done in an earlier run" in rerun.stderr
     assert "prune quotes" not in rerun.stderr  # no mask trained
@@ -293,3 +295,34 @@ def test_pushed_tokens_go_through_the_final_norm_and_its_sign(variant):
         assert [t for t, _ in described[f"1.attn_out:{negative}"]["up"]] == top(-unembed[:, negative])
     for neuron in (0, 5):
         assert [t for t, _ in described[f"1.mlp:{neuron}"]["up"]] == top(through_the_final_norm(down_proj[neuron]))
+
+
+def test_a_large_circuit_is_described_in_full_for_its_largest_effects_only(monkeypatch, quote_model):
+    """Past MAX_DESCRIBED nodes, the nodes of largest |effect| get full descriptions and the rest their
+    effect alone, with the same effects as when every node is described."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from extract.circuits import describe
+    from extract.circuits.masks import NodeMask
+    from extract.circuits.sites import node_sites
+    from extract.tasks.jsonl import load_task_file
+
+    model_dir, task_file = quote_model
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    examples = load_task_file(task_file, tokenizer, model.config.max_position_embeddings)[:16]
+    sites = [s for s in node_sites(model) if s.layer == 0]
+    mask = NodeMask(sites, {s.key: torch.randn(s.width) * 0.1 for s in sites})
+    gates = {s.key: (torch.arange(s.width) % 3 == 0).float() for s in sites}
+    blocks = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(0))
+    everything = describe.describe_circuit(model, tokenizer, sites, mask, gates, blocks, examples)
+    monkeypatch.setattr(describe, "MAX_DESCRIBED", 5)
+    capped = describe.describe_circuit(model, tokenizer, sites, mask, gates, blocks, examples)
+    assert set(capped) == set(everything) and len(everything) > 5
+    assert {n: d["effect"] for n, d in capped.items()} == {n: d["effect"] for n, d in everything.items()}
+    largest = sorted(everything, key=lambda n: -abs(everything[n]["effect"]))[:5]
+    full = [n for n, d in capped.items() if "corpus" in d]
+    assert sorted(full) == sorted(largest)
+    assert all(capped[n] == everything[n] for n in full)
+    for node in set(capped) - set(full):
+        assert set(capped[node]) == {"site", "index", "effect", "summary"}
+        assert "not described in full" in capped[node]["summary"]

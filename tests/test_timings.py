@@ -28,3 +28,17 @@ def test_a_damaged_timings_file_loses_only_the_times(tmp_path):
     assert timings.parts == {} and all_parts(tmp_path) == {}
     timings.record("report", 1.0)
     assert all_parts(tmp_path) == {"report": 1.0}
+
+
+def test_report_differences_name_where_two_reports_part_apart_from_times_and_rounding():
+    from extract.report_diff import differences, without_times
+
+    a = {"tasks": {"q": {"dense": {"nodes": 12, "loss": 4.099120, "prune_seconds": 3.0}}}, "time_seconds": {"x": 1}}
+    b = {"tasks": {"q": {"dense": {"nodes": 12, "loss": 4.099135, "prune_seconds": 9.0}}}, "time_seconds": {"x": 2}}
+    assert without_times(a) == {"tasks": {"q": {"dense": {"nodes": 12, "loss": 4.099120}}}}
+    assert differences(without_times(a), without_times(b)) == []
+    assert differences(without_times(a), without_times(b), rel_tol=1e-7) == ["tasks.q.dense.loss"]
+    b["tasks"]["q"]["dense"]["nodes"] = 13
+    assert differences(a, b) == ["tasks.q.dense.nodes", "tasks.q.dense.prune_seconds", "time_seconds.x"]
+    assert differences({"l": [1, 2]}, {"l": [1]}) == ["l (length)"]
+    assert differences({"a": 1}, {"b": 1}) == ["(keys)"]

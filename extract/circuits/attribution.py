@@ -33,12 +33,12 @@ def attribution_scores(model, mask: NodeMask, examples: list[TaskExample], batch
 
 
 def attribution_circuit(model, mask: NodeMask, train: list[TaskExample], validation: list[TaskExample],
-                        test: list[TaskExample], target: float, margin_se: float) -> dict:
+                        test: list[TaskExample], target: float, margin_se: float, size_tolerance: float = 0.0) -> dict:
     """The baseline's circuit at the target: nodes, edges and test loss (None where no top-k reaches
     the target on validation)."""
     scores = attribution_scores(model, mask, train[:ATTRIBUTION_EXAMPLES]).abs()
     ranking = scores.argsort(descending=True)
-    found = smallest_circuit(model, mask, ranking, validation, target, margin_se, len(test))
+    found = smallest_circuit(model, mask, ranking, validation, target, margin_se, len(test), size_tolerance)
     if found is None:
         return {"nodes": None, "edges": None, "loss": None, "sufficient": False}
     gates, chosen_on = found

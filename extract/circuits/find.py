@@ -70,11 +70,12 @@ def fits_through_ablation(circuit_loss: float, full_loss: float) -> bool:
 
 def loss_edges_curve(model, mask: NodeMask, test: list[TaskExample], points: int = CURVE_POINTS) -> list[dict]:
     """Test loss and edges of the top-k circuits for k on a geometric grid inside the kept set, ending
-    with the whole kept set."""
+    with the whole kept set (its only point when `points` is 1)."""
     ranking = mask_ranking(mask)
     if len(ranking) == 0:
         return []
-    sizes = sorted({max(1, round(len(ranking) ** (i / (points - 1)))) for i in range(points)})
+    exponents = [i / (points - 1) for i in range(points)] if points > 1 else [1.0]
+    sizes = sorted({max(1, round(len(ranking) ** e)) for e in exponents})
     curve = []
     for k in sizes:
         gates = gates_of(mask, ranking[:k])
@@ -101,7 +102,7 @@ def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_at
         per_node = train_mask(model, mask, task.train_examples(), cfg, on_step=on_step, k_coef=k_coef)
         log.info("%s: choosing the circuit's size on validation (bisection)", task.name)
         found = smallest_circuit(model, mask, mask_ranking(mask), task.validation, cfg.target_loss,
-                                 cfg.validation_margin_se, len(task.test))
+                                 cfg.validation_margin_se, len(task.test), cfg.size_tolerance)
         attempts.append(Attempt(per_node, int((mask.flat_taus() > 0).sum()), found is not None))
         if found is not None:
             break
@@ -109,14 +110,16 @@ def _prune(model, sites, means, task: TaskData, cfg: PruneConfig, on_step, on_at
 
 
 def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task: TaskData, cfg: PruneConfig,
-                 *, prune_unsolved: bool = False, controls: bool = True, on_step=None, on_attempt=None) -> Found:
+                 *, prune_unsolved: bool = False, controls: bool = True, curve_points: int = CURVE_POINTS,
+                 on_step=None, on_attempt=None) -> Found:
     """Prune `task` on `model`. A model that does not reach the target itself (on test) is reported
     as such and not pruned, unless `prune_unsolved` (the controls, whose point is that pruning alone
     must not make them reach the target).
 
     A mask that misses the target is retrained with each fallback penalty in turn, the same for
     every model (the controls too, so they get every chance the real models get). With `controls`,
-    a circuit found also gets the nonsense twin and the attribution baseline (recipe switches)."""
+    a circuit found also gets the nonsense twin and the attribution baseline (recipe switches). The
+    loss-against-size curve has `curve_points` points, the last with every node the mask kept."""
     model.eval()
     start = time.time()
     full = two_way_scores(model, task.test)
@@ -131,7 +134,7 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
     mask, found, result.attempts = _prune(model, sites, means, task, cfg, on_step, on_attempt)
     result.examples["train"] = len(task.train_examples())
     log.info("%s: loss against size along the mask's ranking, on test", task.name)
-    curve = loss_edges_curve(model, mask, task.test)  # along the ranking of the mask reported
+    curve = loss_edges_curve(model, mask, task.test, curve_points)  # along the ranking of the mask reported
     # the lowest test loss this mask offers, with every node it kept: the curve's last point
     result.mask_loss = curve[-1]["loss"] if curve else None
     gates = None
@@ -150,7 +153,7 @@ def find_circuit(model, sites: list[Site], means: dict[str, torch.Tensor], task:
             log.info("%s: the attribution-patching baseline", task.name)
             result.attribution = AttributionBaseline(**attribution_circuit(
                 model, mask, task.train_examples(), task.validation, task.test, cfg.target_loss,
-                cfg.validation_margin_se))
+                cfg.validation_margin_se, cfg.size_tolerance))
         if controls and cfg.nonsense_control:
             result.nonsense = nonsense_control(model, sites, means, task, cfg, on_step, on_attempt)
         if controls and (registered := [c.name for c in CONTROLS if c.run is not None]):
@@ -168,8 +171,9 @@ def nonsense_control(model, sites, means, task: TaskData, cfg: PruneConfig, on_s
         if on_attempt is not None:
             on_attempt(f"nonsense {label}")
 
+    # only the curve's last point (the mask's loss) is reported: one test pass, not CURVE_POINTS
     twin = find_circuit(model, sites, means, task.nonsense(cfg.seed), cfg, prune_unsolved=True, controls=False,
-                        on_step=on_step, on_attempt=attempt).result
+                        curve_points=1, on_step=on_step, on_attempt=attempt).result
     circuit = twin.circuit
     return NonsenseControl(full_loss=twin.full_loss, mask_loss=twin.mask_loss, k_coef=[a.k_coef for a in twin.attempts],
                            chosen_on_validation=twin.reached_target, nodes=circuit.nodes if circuit else None,

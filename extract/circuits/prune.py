@@ -43,9 +43,9 @@ class BudgetPenalty:
     of importance until the loss reaches the budget. A fixed penalty per node does not carry over
     between models: on SmolLM2-135M, 1e-3 switched the mask off to chance within 10 steps (issue 30)."""
 
-    def __init__(self, budget: float, nodes: int, rate: float, start: float = 1.0, smoothing: float = 0.7):
+    def __init__(self, budget: float, nodes: int, rate: float, smoothing: float = 0.7):
         self.budget, self.nodes, self.rate, self.smoothing = budget, nodes, rate, smoothing
-        self.log_weight = math.log(start)
+        self.log_weight = 0.0  # until `start` sets it from the first step's gradients
         self.smoothed: float | None = None
 
     @property
@@ -127,25 +127,27 @@ def scores_with_gates(model, mask: NodeMask, gates: dict[str, torch.Tensor], exa
         return two_way_scores(model, examples)
 
 
-def smallest_k(loss_at, low: int, high: int, target: float) -> int | None:
+def smallest_k(loss_at, low: int, high: int, target: float, tolerance: float = 0.0) -> int | None:
     """Smallest k in [low, high] with loss_at(k) <= target, by bisection (loss assumed to fall as k
-    grows); None when even k = high misses the target."""
+    grows), or a k at most `tolerance` (a fraction of k) above it; None when even k = high misses
+    the target. The tolerance saves the last steps of a bisection over a large circuit: from 66,398
+    kept nodes of SmolLM2-135M, 1% stops after about 7 of the 17 evaluations."""
     if high < low or loss_at(high) > target:
         return None
-    while low < high:
+    while high - low > tolerance * high:
         middle = (low + high) // 2
         if loss_at(middle) <= target:
             high = middle
         else:
             low = middle + 1
-    return low
+    return high  # always evaluated, and within the target
 
 
 def smallest_circuit(model, mask: NodeMask, ranking: torch.Tensor, validation: list[TaskExample], target: float,
-                     margin_se: float, test_size: int | None = None):
-    """(gates, validation scores) of the smallest top-k of `ranking` whose validation loss plus
-    `margin_se` standard errors is at most `target`, or None. The scores carry that upper bound as
-    "bound".
+                     margin_se: float, test_size: int | None = None, size_tolerance: float = 0.0):
+    """(gates, validation scores) of the smallest top-k of `ranking` (or one at most `size_tolerance`
+    larger) whose validation loss plus `margin_se` standard errors is at most `target`, or None. The
+    scores carry that upper bound as "bound".
 
     The margin is what makes the choice hold on unseen examples: a circuit picked because it scores
     just under the target on validation would miss it on test about half the time. With
@@ -161,7 +163,7 @@ def smallest_circuit(model, mask: NodeMask, ranking: torch.Tensor, validation: l
             cache[k] = {**scores, "bound": scores["loss"] + margin_se * scores["loss_se"] * inflation}
         return cache[k]["bound"]
 
-    k = smallest_k(loss_at, 1, len(ranking), target)
+    k = smallest_k(loss_at, 1, len(ranking), target, size_tolerance)
     if k is None:
         return None
     return gates_of(mask, ranking[:k]), cache[k]

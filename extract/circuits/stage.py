@@ -334,7 +334,7 @@ def _run_job(entry: PrunedModel, prep: Prepared, data: TaskData, key: str, recip
                     data.name, entry.role)
         saved = None
     if saved is not None:  # a rerun after an interruption: this one is done
-        _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, prep, data)
+        _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, prep, data, timings)
         log.info("%s (done in an earlier run)", circuit_line(data.name, entry.role, saved[0], cfg.target_loss))
         return saved
     bar = _LazyBar(cfg.steps, f"prune {data.name} ({entry.role})")
@@ -346,15 +346,15 @@ def _run_job(entry: PrunedModel, prep: Prepared, data: TaskData, key: str, recip
         timings.record(f"{data.name} on {entry.role}, with its controls", found.result.prune_seconds)
         record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
                                 weights=prep.fingerprint, means_file=prep.means_path, test=data.test)
-        if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
-            with timings.part(f"describe {data.name} on {entry.role}"):
-                record["descriptions"] = _describe(entry, prep, found.gates, data)
         write_circuit(out / circuit_file(data.name, entry.role), record)
         if entry.role != "dense" and record["edges"] is not None and len(record["edges"]) <= MAX_DRAWN_EDGES:
             draw_circuit(record, out / circuit_file(data.name, entry.role, ".png"))
-    # written last, after the circuit files: its presence means this (task, model) is complete
+    # written after the circuit files: its presence means this (task, model) is pruned, so a run stopped
+    # while describing (minutes on a large circuit) resumes with the descriptions alone
     atomic.write_json_atomic(result_path, {"key": key, "result": found.result.to_dict(), "curve": found.curve})
     log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
+    if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
+        _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, prep, data, timings)
     return found.result, found.curve
 
 
@@ -364,15 +364,18 @@ def _describe(entry: PrunedModel, prep: Prepared, gates, data: TaskData) -> dict
     return describe_circuit(entry.model, entry.tokenizer, prep.sites, mask, gates, prep.blocks, data.test)
 
 
-def _add_missing_descriptions(path: Path, entry: PrunedModel, prep: Prepared, data: TaskData) -> None:
-    """A circuit file from before node descriptions gets them, without pruning again."""
+def _add_missing_descriptions(path: Path, entry: PrunedModel, prep: Prepared, data: TaskData,
+                              timings: Timings) -> None:
+    """Describe the nodes of a circuit file that has none yet: one just pruned, one whose run stopped
+    while describing, or one from before node descriptions; without pruning again."""
     if not path.is_file():
         return
     record = read_circuit(path)
     if "descriptions" in record or not record.get("nodes"):
         return
     gates = gates_from_record(record, {s.key: s.width for s in prep.sites}, str(path))
-    record["descriptions"] = _describe(entry, prep, gates, data)
+    with timings.part(f"describe {data.name} on {entry.role}"):
+        record["descriptions"] = _describe(entry, prep, gates, data)
     write_circuit(path, record)
 
 
