@@ -33,11 +33,13 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="the nonsense twin and attribution baseline off")
     parser.add_argument("--json")
+    parser.add_argument("overrides", nargs="*", help="key=value recipe overrides for both runs")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     common = ["--stage", "prune", "--model", "embedded", "--model", args.sparse,
               *[a for t in args.tasks for a in ("--task", t)],
-              *(["prune.nonsense_control=false", "prune.attribution_baseline=false"] if args.quick else [])]
+              *(["prune.nonsense_control=false", "prune.attribution_baseline=false"] if args.quick else []),
+              *args.overrides]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
               str(args.processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     runs = {}

@@ -383,6 +383,16 @@ def test_listed_edges_agree_with_the_count_and_name_their_ends():
             assert edge["weight"] == float(params[f"transformer.h.{layer}.mlp.c_fc.weight"][i, j].detach())
 
 
+def test_a_circuit_past_the_edge_limit_lists_no_edges(model, monkeypatch):
+    from extract.circuits import files
+
+    kept = {s.key: torch.ones(s.width, dtype=torch.bool) for s in node_sites(model)}
+    count = count_edges(model, kept)
+    assert len(files.listed_edges(model, kept, count)) == count
+    monkeypatch.setattr(files, "MAX_LISTED_EDGES", count - 1)
+    assert files.listed_edges(model, kept, count) is None
+
+
 def test_logit_calibration_fits_scale_and_shift():
     from extract.circuits.calibrate import calibrated_loss, fit_calibration
     from extract.tasks.examples import TaskExample

@@ -20,6 +20,10 @@ from extract.tasks.examples import TaskExample
 # 5: the size margin covers the test sample's noise too (validation_bound); 6: the weights' fingerprint, the
 # means file and the test examples, so that a published circuit re-checks on its own (extract.load_circuit)
 FORMAT_VERSION = 6
+# A circuit with more edges keeps its nodes and its edge count (circuit.edges) but lists no edges: a dense
+# model's circuit on a real checkpoint has millions (54,796 nodes of SmolLM2-135M ran out of 24 GiB listing
+# them), which no drawing or reader uses.
+MAX_LISTED_EDGES = 100_000
 # A circuit file may also carry "descriptions" (extract/circuits/describe.py): what each node does. They do not
 # change any result, so a version-6 file without them gets them on the next prune run, without pruning again.
 
@@ -43,8 +47,13 @@ def circuit_record(model, task: str, role: str, model_path: str, found, cfg: Pru
     if found.gates is not None:
         kept = {key: gate.bool() for key, gate in found.gates.items()}
         record["nodes"] = {key: torch.nonzero(mask).flatten().tolist() for key, mask in kept.items() if mask.any()}
-        record["edges"] = list_edges(model, kept)
+        record["edges"] = listed_edges(model, kept, found.result.circuit.edges)
     return record
+
+
+def listed_edges(model, kept: dict[str, torch.Tensor], count: int) -> list[dict] | None:
+    """Every edge among the `kept` nodes with its weight, or None past MAX_LISTED_EDGES (`count`: how many)."""
+    return list_edges(model, kept) if count <= MAX_LISTED_EDGES else None
 
 
 def write_circuit(path: Path, record: dict) -> None:

@@ -57,7 +57,8 @@ class Circuit:
 
     @property
     def edges(self) -> list[dict]:
-        """Every edge among the kept nodes: {"from": [site, index], "to": [site, index], "weight": w}."""
+        """Every edge among the kept nodes: {"from": [site, index], "to": [site, index], "weight": w}; empty
+        for a circuit of more than 100,000 edges, which lists none (its count: `.claimed.edges`)."""
         return self.record["edges"] or []
 
     @property
@@ -101,8 +102,8 @@ class Circuit:
 
     def __repr__(self) -> str:
         claimed = self.claimed
-        nodes, loss = (claimed.nodes, claimed.loss) if claimed else (0, float("nan"))
-        return (f"Circuit({self.task!r} on the {self.role} model: {nodes:,} nodes, {len(self.edges):,} edges; "
+        nodes, edges, loss = (claimed.nodes, claimed.edges, claimed.loss) if claimed else (0, 0, float("nan"))
+        return (f"Circuit({self.task!r} on the {self.role} model: {nodes:,} nodes, {edges:,} edges; "
                 f"reported test loss {loss:.4f} on {len(self.examples)} examples, "
                 f"{claimed.verdict if claimed else 'not checked'} at target {self.record['target_loss']})")
 
