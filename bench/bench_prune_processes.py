@@ -56,7 +56,10 @@ def main() -> None:
         differ = differences(without_times(one["tasks"]), without_times(many["tasks"]))
     result = {"command": "python bench/bench_prune_processes.py " + " ".join(sys.argv[1:]), **machine(),
               "wall_seconds": {n: r["wall_seconds"] for n, r in runs.items()}, "differences_apart_from_times": differ,
-              "time_seconds": {n: r["report"].get("time_seconds") for n, r in runs.items()}}
+              "time_seconds": {n: r["report"].get("time_seconds") for n, r in runs.items()},
+              "circuits": {task: {role: [r["circuit"]["nodes"], r["circuit"]["edges"], r["circuit"]["loss"]]
+                                  for role, r in by_role.items() if r.get("circuit")}
+                           for task, by_role in one["tasks"].items()}}
     print(json.dumps({k: v for k, v in result.items() if k != "time_seconds"}, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

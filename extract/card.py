@@ -106,6 +106,8 @@ def model_card(report: dict, recipe: Recipe, repo_id: str | None = None) -> str:
     if sparse and sparse.loss_ratio is not None:
         lines += [f"Held-out loss is {sparse.loss_ratio:.3f}x the dense model's (KL to dense "
                   f"{sparse.kl_to_dense:.4f}) after {sparse.tokens:,} fine-tuning tokens.", ""]
+    if view.fidelity is not None:
+        lines += ["## Fidelity to the dense model", "", *(f"- {line}" for line in view.fidelity_lines()), ""]
     if view.rows:
         controls = " ".join(f"{c.label[0].upper() + c.label[1:]}: {c.explanation}." for c in CONTROLS)
         lines += ["## Circuits", "",

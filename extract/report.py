@@ -16,6 +16,7 @@ from extract.arch import sparse_tensors
 from extract.card import model_card
 from extract.data import prepare_heldout
 from extract.evaluation import heldout_metrics
+from extract.fidelity import fidelity
 from extract.models import ModelLoadError, adapter_base, count_params, load_model, load_tokenizer
 from extract.paths import MODEL_DIRNAME, TRAIN_LOG_FILE
 from extract.plots import plot_training
@@ -28,6 +29,9 @@ from extract.tasks import two_way_scores
 from extract.tasks.quotes import closing_quote_examples
 
 log = logging.getLogger(__name__)
+# held-out text the representation match reads (half fits the map, half scores it): 8,192 tokens
+# keep a map from GPT-2 small's 768 channels well determined and every site's activations in memory
+FIDELITY_BLOCKS, FIDELITY_TOKENS = 32, 256
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:
@@ -87,6 +91,12 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
                        target_density=recipe.sparsity.target_density)
         if teacher is not None:
             section["loss_ratio"] = section["heldout_loss"] / report["dense"]["heldout_loss"]
+            if len(heldout) >= 2:  # half fits the representation map, half scores it
+                log.info("measuring the sparse model's fidelity to the dense one")
+                report["fidelity"] = fidelity(teacher, trained, heldout[:FIDELITY_BLOCKS, :FIDELITY_TOKENS],
+                                              recipe.sparsity.embeddings)
+            else:
+                log.warning("data.heldout_blocks is 1: no fidelity figures (they need 2 held-out blocks)")
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
     plot_training(out / TRAIN_LOG_FILE, out / "training.png")  # before report.html, which inlines it

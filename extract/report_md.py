@@ -22,7 +22,7 @@ def summary_lines(view: ReportView) -> list[str]:
         if m.wall_seconds is not None:
             parts.append(f"{m.tokens:,} tokens in {m.wall_seconds / 60:.1f} min")
         lines.append(f"{m.role:>8}: " + "; ".join(parts))
-    return lines
+    return lines + [f"fidelity: {line.replace('**', '')}" for line in view.fidelity_lines()]
 
 
 def _model_lines(models: list[ModelRow], trained: ModelRow | None) -> list[str]:
@@ -52,6 +52,10 @@ def report_markdown(view: ReportView) -> str:
     lines = ["# Extraction report", "", f"Recipe: `{view.recipe}`", ""]
     if view.models:
         lines += _model_lines(view.models, view.trained)
+    if view.fidelity is not None:
+        lines += ["## Fidelity to the dense model", "", "Is the sparse model still the dense one, or a new model "
+                  "that imitates its outputs? (Its circuits describe the dense model only as far as it is.)", ""]
+        lines += [f"- {line}" for line in view.fidelity_lines()] + [""]
     if view.rows:
         lines += ["## Circuits", "",
                   f"Target task loss {view.target_loss}. Each task has three disjoint splits: the mask trains on "

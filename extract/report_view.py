@@ -41,6 +41,49 @@ class ModelRow:
 
 
 @dataclass
+class Fidelity:
+    """How much of the dense model the sparse one still is (report.json's "fidelity", extract/fidelity.py)."""
+
+    among_dense_largest: float  # share of the sparse nonzeros among the dense model's largest at that count
+    matrices_among: float | None  # the same over the attention and MLP matrices alone
+    sign_agreement: float
+    norm_ratio: float | None  # sparse norm over the dense norm cut to the same count
+    mean_r2: float  # the dense residual stream from the sparse one, on unseen held-out text
+    sites: list[tuple[str, float]]
+    dense_solves: list[str] = field(default_factory=list)  # tasks, on test
+    kept: list[str] = field(default_factory=list)  # of those, the ones the sparse model solves too
+
+    @classmethod
+    def from_report(cls, fidelity: dict, tasks: dict) -> Fidelity:
+        weights, representation = fidelity["weights"], fidelity["representation"]
+        solves = {role: {t for t, by_role in tasks.items() if role in by_role and by_role[role].solved}
+                  for role in ("dense", "sparse")}
+        return cls(weights["among_dense_largest"], weights["matrices"]["among_dense_largest"],
+                   weights["sign_agreement"], weights["norm_ratio"],
+                   representation["mean_r2"], [(site["site"], site["r2"]) for site in representation["sites"]],
+                   sorted(solves["dense"]), sorted(solves["dense"] & solves["sparse"]))
+
+    def lines(self, density: float | None) -> list[str]:
+        """The fidelity in sentences, numbers in **bold** (report.md, the card, report.html, the log)."""
+        chance = f" (a random pick would get {density:.1%})" if density is not None else ""
+        norm = (f", and their norm is **{self.norm_ratio:.2f}x** that of the dense weights cut to the same count"
+                if self.norm_ratio is not None else "")
+        matrices = (f" ({self.matrices_among:.1%} in the attention and MLP matrices)"
+                    if self.matrices_among is not None else "")
+        lines = [f"Weights: **{self.among_dense_largest:.1%}** of the sparse model's nonzeros{matrices} are among "
+                 f"the dense model's largest-magnitude weights at the same count{chance}; "
+                 f"**{self.sign_agreement:.1%}** have the dense weight's sign{norm}.",
+                 f"Representations: a linear map of the sparse residual stream predicts the dense one with R^2 "
+                 f"**{self.mean_r2:.3f}** on average over {len(self.sites)} sites, fitted on half the held-out "
+                 "blocks and scored on the other half (" + ", ".join(f"{site} {r2:.3f}" for site, r2 in self.sites)
+                 + ")."]
+        if self.dense_solves:
+            lines.append(f"Tasks kept: the sparse model solves **{len(self.kept)} of the {len(self.dense_solves)}** "
+                         f"tasks the dense model solves, on test ({', '.join(self.kept) or 'none'}).")
+        return lines
+
+
+@dataclass
 class CircuitRow:
     task: str
     model: str
@@ -64,6 +107,12 @@ class ReportView:
     summary: dict = field(default_factory=dict)  # report.json's summary, for what the lines below do not say
     ratios: list[str] = field(default_factory=list)  # the edge-ratio lines, numbers in **bold**
     flags: list[tuple[str, list[str]]] = field(default_factory=list)  # (label, where) for every flag raised
+    fidelity: Fidelity | None = None  # runs that sparsified a dense model
+
+    def fidelity_lines(self) -> list[str]:
+        if self.fidelity is None:
+            return []
+        return self.fidelity.lines(self.trained.density if self.trained is not None else None)
 
     @property
     def trained(self) -> ModelRow | None:
@@ -99,6 +148,8 @@ def report_view(report: dict) -> ReportView:
         view.ratios = [ratio_line(summary[key] if key else summary, which) for key, which in RATIOS
                        if not key or summary.get(key)]
         view.flags = [(label, summary[key]) for key, label in flags() if summary.get(key)]
+    if report.get("fidelity"):
+        view.fidelity = Fidelity.from_report(report["fidelity"], tasks)
     return view
 
 

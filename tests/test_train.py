@@ -28,6 +28,35 @@ def _weights(model_dir):
     return load_file(model_dir / "model.safetensors")
 
 
+def loaded_dense_dir(recipe_path):
+    from extract.recipe import load_recipe
+
+    return load_recipe(str(recipe_path))[0].model.name_or_path
+
+
+def _check_fidelity(report: dict, sparse, dense, out, stdout: str) -> None:
+    """report.json's fidelity against the saved weights, recomputed here for each tensor; shown in every report."""
+    fidelity = report["fidelity"]
+    rows = {row["tensor"]: row for row in fidelity["weights"]["tensors"]}
+    dense_params = dict(dense.named_parameters())
+    assert set(rows) == {t.name for t in sparse_tensors(sparse)}
+    for tensor in sparse_tensors(sparse):
+        kept = tensor.param.detach().flatten() != 0
+        d = dense_params[tensor.name].detach().flatten()
+        threshold = d.abs().sort(descending=True).values[int(kept.sum()) - 1]  # the count-th largest magnitude
+        among = float((d.abs()[kept] >= threshold).float().mean())
+        assert rows[tensor.name]["among_dense_largest"] == pytest.approx(among)
+        assert rows[tensor.name]["sign_agreement"] == pytest.approx(
+            float((tensor.param.detach().flatten()[kept].sign() == d[kept].sign()).float().mean()))
+    sites = fidelity["representation"]["sites"]
+    assert [s["site"] for s in sites] == ["embeddings"] + [f"block {i}" for i in range(dense.config.n_layer)]
+    assert all(-1 < s["r2"] <= 1 for s in sites)
+    share = f"{fidelity['weights']['among_dense_largest']:.1%} of the sparse model's nonzeros"
+    for page in ("report.md", "model/README.md", "report.html"):
+        assert share in (out / page).read_text().replace("**", ""), page
+    assert f"fidelity: Weights: {share}" in stdout
+
+
 @pytest.mark.slow
 def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     recipe = write_recipe(eval={"quote_examples": 40})
@@ -58,6 +87,7 @@ def test_sparsify_end_to_end_and_exact_round_trip(write_recipe, tmp_path):
     assert "library_name: transformers" in card and f"{report['sparse']['density']:.5f}" in card
     assert "base_model" not in card  # a local directory is not a Hub id
     assert (out / "model" / "recipe.yaml").is_file()
+    _check_fidelity(report, model, AutoModelForCausalLM.from_pretrained(loaded_dense_dir(recipe)), out, proc.stdout)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if "heldout_loss" in r] == [6, 12]
     assert log[-1]["density"] == pytest.approx(0.125)

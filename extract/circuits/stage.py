@@ -343,7 +343,8 @@ def _run_job(entry: PrunedModel, prep: Prepared, data: TaskData, key: str, recip
                          prune_unsolved=control, controls=not control)
     bar.close()
     if found.result.pruned:  # (not skipped as unsolved)
-        timings.record(f"{data.name} on {entry.role}, with its controls", found.result.prune_seconds)
+        timings.record(f"{data.name} on {entry.role}" + ("" if control else ", with its controls"),
+                       found.result.prune_seconds)
         record = circuit_record(entry.model, data.name, entry.role, entry.path, found, cfg,
                                 weights=prep.fingerprint, means_file=prep.means_path, test=data.test)
         write_circuit(out / circuit_file(data.name, entry.role), record)
