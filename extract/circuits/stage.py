@@ -355,7 +355,8 @@ def _run_job(entry: PrunedModel, prep: Prepared, data: TaskData, key: str, recip
     atomic.write_json_atomic(result_path, {"key": key, "result": found.result.to_dict(), "curve": found.curve})
     log.info("%s", circuit_line(data.name, entry.role, found.result, cfg.target_loss))
     if found.gates is not None:  # (a random-init control can be pruned without finding a circuit)
-        _add_missing_descriptions(out / circuit_file(data.name, entry.role), entry, prep, data, timings)
+        _write_descriptions(out / circuit_file(data.name, entry.role), record, found.gates, entry, prep, data,
+                            timings)
     return found.result, found.curve
 
 
@@ -367,14 +368,19 @@ def _describe(entry: PrunedModel, prep: Prepared, gates, data: TaskData) -> dict
 
 def _add_missing_descriptions(path: Path, entry: PrunedModel, prep: Prepared, data: TaskData,
                               timings: Timings) -> None:
-    """Describe the nodes of a circuit file that has none yet: one just pruned, one whose run stopped
-    while describing, or one from before node descriptions; without pruning again."""
+    """Describe the nodes of a circuit file that has none yet (its run stopped while describing, or it
+    predates node descriptions), without pruning again."""
     if not path.is_file():
         return
     record = read_circuit(path)
     if "descriptions" in record or not record.get("nodes"):
         return
     gates = gates_from_record(record, {s.key: s.width for s in prep.sites}, str(path))
+    _write_descriptions(path, record, gates, entry, prep, data, timings)
+
+
+def _write_descriptions(path: Path, record: dict, gates, entry: PrunedModel, prep: Prepared, data: TaskData,
+                        timings: Timings) -> None:
     with timings.part(f"describe {data.name} on {entry.role}"):
         record["descriptions"] = _describe(entry, prep, gates, data)
     write_circuit(path, record)
