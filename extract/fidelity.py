@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from extract.arch import sparse_tensors
+from extract.sparsity import units_at_minimum
 
 RIDGE = 1e-4  # of the mean feature variance: keeps the fit stable on a rank-deficient (sparse) stream
 BATCH = 8
@@ -102,9 +103,11 @@ def representation_match(dense, sparse, blocks: torch.Tensor) -> list[dict]:
             for i, (d, s) in enumerate(zip(dense_sites, sparse_sites))]
 
 
-def fidelity(dense, sparse, blocks: torch.Tensor, embeddings: bool = True) -> dict:
-    """Weight overlap and representation match of `sparse` with `dense` (report.json's "fidelity")."""
+def fidelity(dense, sparse, blocks: torch.Tensor, embeddings: bool = True, min_per_unit: int = 0) -> dict:
+    """Weight overlap and representation match of `sparse` with `dense` (report.json's "fidelity"), and
+    how many units keep only the per-unit minimum (a floor that binds keeps weights by position)."""
     sites = representation_match(dense, sparse, blocks)
-    return {"weights": weight_overlap(dense, sparse, embeddings),
+    return {"weights": {**weight_overlap(dense, sparse, embeddings),
+                        "units_at_minimum": units_at_minimum(sparse_tensors(sparse, embeddings), min_per_unit)},
             "representation": {"mean_r2": sum(s["r2"] for s in sites) / len(sites), "sites": sites,
                                "fit_blocks": len(blocks) // 2, "scored_blocks": len(blocks) - len(blocks) // 2}}

@@ -1,4 +1,5 @@
-"""The training losses: next-token cross-entropy, and KL divergence to the frozen dense teacher.
+"""The training losses: next-token cross-entropy, KL divergence to the frozen dense teacher, and
+optionally the normalised error of each block's output against the teacher's (SquareHead).
 
 At a 50k vocabulary the (positions x vocabulary) tensors of these losses are the largest thing a
 step makes beside the weights and activations (one is 103 MB at 2 x 256 tokens in float32), so
@@ -45,15 +46,33 @@ class _KLToTeacher(torch.autograd.Function):
 
 def token_losses(model, input_ids: torch.Tensor, teacher=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Mean next-token cross-entropy and, with a teacher, mean KL(teacher || model) per token."""
-    logits = model(input_ids=input_ids).logits[:, :-1]
+    ce, kl, _ = training_losses(model, input_ids, teacher)
+    return ce, kl
+
+
+def training_losses(model, input_ids: torch.Tensor, teacher=None, hidden: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """`token_losses`, and with `hidden` (and a teacher) the SquareHead term of the blocks' outputs."""
+    states = {"output_hidden_states": True} if hidden else {}
+    out = model(input_ids=input_ids, **states)
+    logits = out.logits[:, :-1]
     # one log-softmax serves both losses (cross_entropy would compute its own); its backward needs
     # only its output, so the logits can go
     student_logp = F.log_softmax(logits.float(), dim=-1)
     del logits
     ce = F.nll_loss(student_logp.flatten(0, 1), input_ids[:, 1:].flatten())
     if teacher is None:
-        return ce, None
+        return ce, None, None
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=input_ids).logits
+        taught = teacher(input_ids=input_ids, **states)
     positions = student_logp.shape[0] * student_logp.shape[1]
-    return ce, _KLToTeacher.apply(student_logp, teacher_logits) / positions
+    kl = _KLToTeacher.apply(student_logp, taught.logits) / positions
+    return ce, kl, hidden_state_error(out.hidden_states, taught.hidden_states) if hidden else None
+
+
+def hidden_state_error(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """SquareHead (Kurtic et al. 2023): each block's output error, squared and over the teacher's squared
+    norm, so every block counts alike whatever its scale; the mean over blocks (the embeddings excluded)."""
+    errors = [(s.float() - t.float()).square().sum() / t.float().square().sum().clamp(min=1e-12)
+              for s, t in zip(student[1:], teacher[1:], strict=True)]
+    return torch.stack(errors).mean()

@@ -153,6 +153,11 @@ def load_model(cfg: ModelConfig, vocab_size: int | None = None):
     return model.eval()
 
 
+def random_like(model):
+    """A freshly initialised model of `model`'s config (drawn from torch's generator), in train mode."""
+    return AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).train()
+
+
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

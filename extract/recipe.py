@@ -69,6 +69,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Set to train a fresh GPT-2 of this shape instead of loading weights (dense pretraining).
     init_config: dict[str, Any] | None = None
+    # A control (bench/bench_init.py): sparsify a freshly initialised model of the checkpoint's shape,
+    # still distilled from the checkpoint, to measure what starting from its weights is worth.
+    random_start: bool = False
 
 
 @dataclass
@@ -101,6 +104,11 @@ class SparsityConfig:
     # Density of the token and position embeddings; the matrices then share the rest of the budget,
     # so the density over all sparsified tensors is still target_density. None: every tensor alike.
     embedding_density: float | None = field(default=None, metadata=interval(0, 1, "(]", null=True))
+    # Every this many steps while annealing, and at the step that reaches the target, re-solve each
+    # matrix's kept weights by least squares to the dense model's outputs on `refit_blocks` training
+    # blocks (extract/refit.py; the pattern stays the top-k). 0: never.
+    refit_every: int = field(default=0, metadata=at_least(0))
+    refit_blocks: int = field(default=16, metadata=above(0))
 
 
 @dataclass
@@ -119,6 +127,9 @@ class OptimConfig:
 class LossConfig:
     ce_weight: float = field(default=1.0, metadata=at_least(0))
     kl_weight: float = field(default=1.0, metadata=at_least(0))  # distillation to the frozen dense model
+    # SquareHead: match each block's output to the dense model's too (normalised squared error), with
+    # this weight at the first step, decaying linearly to 0 at the end of the anneal.
+    hidden_weight: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass
@@ -364,6 +375,15 @@ def validate(recipe: Recipe) -> list[str]:
         problems.append(f"loss: at least one weight must be > 0, got {(loss.ce_weight, loss.kl_weight)!r}")
     if recipe.model.init_config is not None and loss.kl_weight > 0:
         problems.append("loss.kl_weight: a model trained from model.init_config has no dense teacher; set it to 0")
+    if loss.hidden_weight > 0 and (loss.kl_weight <= 0 or recipe.model.init_config is not None):
+        problems.append("loss.hidden_weight: matches the dense model's blocks, so it needs the dense teacher "
+                        f"(loss.kl_weight > 0), got {loss.hidden_weight!r}")
+    if s.refit_every > 0 and (loss.kl_weight <= 0 or recipe.model.init_config is not None):
+        problems.append("sparsity.refit_every: refits to the dense model's outputs, so it needs the dense teacher "
+                        f"(loss.kl_weight > 0), got {s.refit_every!r}")
+    if recipe.model.random_start and (recipe.model.init_config is not None or loss.kl_weight <= 0):
+        problems.append("model.random_start: needs a checkpoint to distil from "
+                        "(model.name_or_path, loss.kl_weight > 0)")
     return problems + _task_problems(recipe.tasks)
 
 

@@ -94,7 +94,7 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
             if len(heldout) >= 2:  # half fits the representation map, half scores it
                 log.info("measuring the sparse model's fidelity to the dense one")
                 report["fidelity"] = fidelity(teacher, trained, heldout[:FIDELITY_BLOCKS, :FIDELITY_TOKENS],
-                                              recipe.sparsity.embeddings)
+                                              recipe.sparsity.embeddings, recipe.sparsity.min_per_unit)
             else:
                 log.warning("data.heldout_blocks is 1: no fidelity figures (they need 2 held-out blocks)")
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])

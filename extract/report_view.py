@@ -52,6 +52,7 @@ class Fidelity:
     sites: list[tuple[str, float]]
     dense_solves: list[str] = field(default_factory=list)  # tasks, on test
     kept: list[str] = field(default_factory=list)  # of those, the ones the sparse model solves too
+    units_at_minimum: dict | None = None  # {"units", "at_minimum", "min_per_unit"} (older reports: none)
 
     @classmethod
     def from_report(cls, fidelity: dict, tasks: dict) -> Fidelity:
@@ -61,7 +62,8 @@ class Fidelity:
         return cls(weights["among_dense_largest"], weights["matrices"]["among_dense_largest"],
                    weights["sign_agreement"], weights["norm_ratio"],
                    representation["mean_r2"], [(site["site"], site["r2"]) for site in representation["sites"]],
-                   sorted(solves["dense"]), sorted(solves["dense"] & solves["sparse"]))
+                   sorted(solves["dense"]), sorted(solves["dense"] & solves["sparse"]),
+                   weights.get("units_at_minimum"))
 
     def lines(self, density: float | None) -> list[str]:
         """The fidelity in sentences, numbers in **bold** (report.md, the card, report.html, the log)."""
@@ -77,6 +79,11 @@ class Fidelity:
                  f"**{self.mean_r2:.3f}** on average over {len(self.sites)} sites, fitted on half the held-out "
                  "blocks and scored on the other half (" + ", ".join(f"{site} {r2:.3f}" for site, r2 in self.sites)
                  + ")."]
+        if self.units_at_minimum and self.units_at_minimum["units"]:
+            u = self.units_at_minimum
+            lines.append(f"Units: **{u['at_minimum'] / u['units']:.0%}** of the {u['units']:,} neurons and channels "
+                         f"keep only the per-unit minimum of {u['min_per_unit']} nonzeros (there the minimum, not the "
+                         "weights' magnitudes, chose what they keep).")
         if self.dense_solves:
             lines.append(f"Tasks kept: the sparse model solves **{len(self.kept)} of the {len(self.dense_solves)}** "
                          f"tasks the dense model solves, on test ({', '.join(self.kept) or 'none'}).")

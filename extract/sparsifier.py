@@ -57,6 +57,19 @@ class Sparsifier:
         factor = sharkfin_factor(overall, s.target_density, s.sharkfin_power) if s.sharkfin else 1.0
         return StepDensities(overall, per_tensor, factor)
 
+    def refit_due(self, step: int) -> bool:
+        """Whether the step from `step` to `step + 1` ends with a least-squares refit (sparsity.refit_every):
+        every `refit_every` steps of the anneal, and at its last step, where the target is reached."""
+        s, done = self.config, step + 1
+        if s.refit_every == 0:
+            return False
+
+        def annealing(steps_done: int) -> bool:
+            density = density_at(steps_done / self.steps, s.target_density, s.anneal_fraction, s.anneal_shape)
+            return density > s.target_density
+
+        return (done % s.refit_every == 0 and annealing(done)) or (annealing(done - 1) and not annealing(done))
+
     def after_optimizer_step(self, densities: StepDensities) -> None:
         project_(self.tensors, densities.per_tensor, self.config.min_per_unit)
 

@@ -83,6 +83,21 @@ def measured_density(tensors_or_weights) -> tuple[float, int, int]:
     return nonzero / total, nonzero, total
 
 
+@torch.no_grad()
+def units_at_minimum(tensors: list[SparseTensor], min_per_unit: int) -> dict[str, int]:
+    """How many units (MLP neurons, q/k/v channels) of the matrices keep no more nonzeros than the
+    per-unit minimum: where the minimum, not the weights' magnitudes, chose what a unit keeps."""
+    units = at_minimum = 0
+    for t in tensors:
+        if t.unit_axis is None:
+            continue
+        weight, other = t.param.detach(), 1 - t.unit_axis
+        counts = (weight != 0).sum(dim=other)
+        units += counts.numel()
+        at_minimum += int((counts <= min(min_per_unit, weight.shape[other])).sum())
+    return {"units": units, "at_minimum": at_minimum, "min_per_unit": min_per_unit}
+
+
 def density_at(progress: float, target: float, anneal_fraction: float, shape: str) -> float:
     """Density after a step at `progress` in [0, 1] of training: 1 at the start, `target` from
     `anneal_fraction` on.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -33,11 +34,12 @@ from extract.checkpoints import TrainState, append_log, latest_checkpoint, resum
 from extract.data import prepare_data
 from extract.errors import UserError
 from extract.evaluation import heldout_metrics
-from extract.losses import token_losses
-from extract.models import load_model, load_tokenizer
+from extract.losses import training_losses
+from extract.models import load_model, load_tokenizer, random_like
 from extract.outputs import RECIPE_FILE, recipe_yaml, save_recipe
 from extract.paths import CHECKPOINTS_DIRNAME, MODEL_DIRNAME
-from extract.recipe import OptimConfig, Recipe
+from extract.recipe import OptimConfig, Recipe, RecipeError
+from extract.refit import refit_to_teacher
 from extract.sparsifier import Sparsifier, StepDensities, budget_densities
 from extract.sparsity import base_lr_factor, density_floor, rescale_gradients_to_unit_rms
 
@@ -124,6 +126,15 @@ def learning_rate(recipe: Recipe, step: int, densities: StepDensities | None) ->
     return lr
 
 
+def hidden_weight(recipe: Recipe, step: int) -> float:
+    """SquareHead's weight at `step`: loss.hidden_weight at the first step, falling linearly to 0 at the
+    end of the anneal, so the sparse model ends distilled from the outputs alone."""
+    anneal_steps = recipe.sparsity.anneal_fraction * recipe.train.steps if recipe.sparsity.enabled else 0
+    if recipe.loss.hidden_weight == 0 or anneal_steps == 0:
+        return 0.0
+    return recipe.loss.hidden_weight * max(0.0, 1.0 - step / anneal_steps)
+
+
 @dataclass
 class Run:
     """Everything `setup()` builds for one training run."""
@@ -138,6 +149,7 @@ class Run:
     batches: Iterator[torch.Tensor]  # endless, starting where a resumed run stopped
     heldout: torch.Tensor
     sparsifier: Sparsifier | None  # None: dense pretraining
+    calibration: torch.Tensor | None  # training blocks the kept weights are refitted on (sparsity.refit_every)
     state: TrainState
     session_start: float  # wall time counts set-up (data, models, compilation) too
     phase: Phase = no_phases
@@ -160,6 +172,9 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     with phase("load model"):
         tokenizer = load_tokenizer(recipe.model)
         model = load_model(recipe.model, vocab_size=len(tokenizer))
+    if recipe.sparsity.enabled and recipe.sparsity.refit_every and accelerator.is_fsdp2:
+        raise RecipeError("sparsity.refit_every: not supported under FSDP2 yet (a refit solves whole matrices, "
+                          "which FSDP2 shards); set it to 0")
     if recipe.sparsity.enabled:  # before the data: a budget error then costs seconds
         budget_densities(sparse_tensors(model, recipe.sparsity.embeddings), recipe.sparsity,
                          recipe.model.name_or_path)
@@ -168,6 +183,9 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         teacher = fsdp.shard_frozen(accelerator, copy.deepcopy(model).eval().requires_grad_(False))
         if recipe.train.compile:  # the teacher's forward runs every step too
             teacher = torch.compile(teacher)
+    if recipe.model.random_start:  # the control: the checkpoint's shape and teacher, not its weights
+        with torch.random.fork_rng():  # drawn without moving the generator, so the data order is the same
+            model = random_like(model)
     with accelerator.main_process_first(), phase("tokenise and pack data"):  # build the datasets cache once
         train_blocks, heldout, _ = prepare_data(recipe, tokenizer)
     if accelerator.is_main_process:  # the inputs have loaded: now the run claims its output folder
@@ -185,12 +203,17 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     state = resume(accelerator, Path(recipe.output_dir), recipe.train.steps)
     if state.dense_heldout_loss is None and recipe.model.init_config is None:
         with phase("held-out evaluation"):
-            state.dense_heldout_loss = heldout_metrics(raw_model, heldout, accelerator=accelerator)["loss"]
+            dense = teacher if recipe.model.random_start else raw_model  # the checkpoint, before any step
+            state.dense_heldout_loss = heldout_metrics(dense, heldout, accelerator=accelerator)["loss"]
         accelerator.print(f"dense held-out loss {state.dense_heldout_loss:.4f}")
     micro_done = state.step * recipe.train.gradient_accumulation_steps  # micro-batches already consumed
     epoch, skip = (0, micro_done) if recipe.data.streaming else divmod(micro_done, len(loader))
+    calibration = None
+    if sparsifier is not None and recipe.sparsity.refit_every:
+        rows = itertools.islice(train_blocks.with_format("torch"), recipe.sparsity.refit_blocks)
+        calibration = torch.stack([row["input_ids"] for row in rows]).to(accelerator.device)
     return Run(recipe, accelerator, tokenizer, model, raw_model, teacher, optimizer, _batches(loader, epoch, skip),
-               heldout, sparsifier, state, session_start, phase)
+               heldout, sparsifier, calibration, state, session_start, phase)
 
 
 def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) -> Path:
@@ -214,13 +237,16 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         # forward and backward over the micro-batches
-        ce, kl = _forward_backward(run)
+        ce, kl = _forward_backward(run, hidden_weight(recipe, state.step))
         # rescale to RMS 1, optimizer step, then the projection to the step's densities
         with phase("optimizer step"):
             apply_gradients(run.optimizer, run.params, recipe.optim, accelerator.scaler)
         if densities is not None:
             with phase("projection"):
                 run.sparsifier.after_optimizer_step(densities)
+            if run.sparsifier.refit_due(state.step):
+                with phase("refit"):
+                    _refit(run, bar)
         state.step += 1
         state.tokens += tokens_per_step
         window_tokens += tokens_per_step
@@ -251,7 +277,15 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     return save_final(run)
 
 
-def _forward_backward(run: Run) -> tuple[float, float]:
+def _refit(run: Run, bar) -> None:
+    """Re-solve the kept weights to the dense model's outputs (extract/refit.py)."""
+    teacher = getattr(run.teacher, "_orig_mod", run.teacher)  # the plain module under torch.compile
+    error = refit_to_teacher(run.raw_model, teacher, run.calibration)
+    bar.write(f"step {run.state.step + 1}: refitted the kept weights to the dense model's outputs "
+              f"(relative error {error:.4f})")
+
+
+def _forward_backward(run: Run, hidden_weight: float = 0.0) -> tuple[float, float]:
     """The step's gradients over its micro-batches; returns its mean cross-entropy and KL on this process."""
     recipe, accelerator = run.recipe, run.accelerator
     accum = recipe.train.gradient_accumulation_steps
@@ -261,8 +295,10 @@ def _forward_backward(run: Run) -> tuple[float, float]:
         sync = accelerator.no_sync(run.model) if micro < accum - 1 else contextlib.nullcontext()
         with sync:
             with run.phase("forward and loss"):
-                ce, kl = token_losses(run.model, batch, run.teacher)
+                ce, kl, hidden = training_losses(run.model, batch, run.teacher, hidden=hidden_weight > 0)
             loss = recipe.loss.ce_weight * ce + (recipe.loss.kl_weight * kl if kl is not None else 0.0)
+            if hidden is not None:
+                loss = loss + hidden_weight * hidden
             if not torch.isfinite(loss):
                 _stop_on_non_finite(run, loss, ce, kl)
             with run.phase("backward"):

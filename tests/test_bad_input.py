@@ -66,8 +66,8 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "prune.short_range_tokens": 0, "prune.lr": -1, "prune.k_coef": -1, "prune.k_coef_ramp": 1.5,
     "prune.weight_decay": -1, "prune.random_draws": -1, "prune.validation_margin_se": -1,
     "prune.k_coef_fallbacks": [-1], "prune.penalty": "adaptive", "prune.loss_budget": 0, "prune.penalty_rate": 0,
-    "prune.init_tau": 0, "prune.size_tolerance": 1,
-    "hub.repo_id": "no-namespace",
+    "prune.init_tau": 0, "prune.size_tolerance": 1, "loss.hidden_weight": -1, "sparsity.refit_every": -1,
+    "sparsity.refit_blocks": 0, "hub.repo_id": "no-namespace",
 }
 
 
@@ -115,6 +115,11 @@ def test_both_loss_weights_zero_and_a_teacherless_kl_are_refused():
         load_recipe("tiny-python", ["loss.ce_weight=0", "loss.kl_weight=0"])
     with pytest.raises(RecipeError, match="loss.kl_weight: a model trained from model.init_config has no dense"):
         load_recipe("tiny-python", ["model.init_config={n_layer: 1}", "loss.kl_weight=1"])
+    with pytest.raises(RecipeError, match="loss.hidden_weight: matches the dense model's blocks, so it needs"):
+        load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "loss.hidden_weight=1"])
+    with pytest.raises(RecipeError, match="model.random_start: needs a checkpoint to distil from"):
+        load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "model.random_start=true"])
+    load_recipe("tiny-python", ["loss.hidden_weight=1", "model.random_start=true"])  # both fine with a teacher
 
 
 def _refused(proc, *needles):

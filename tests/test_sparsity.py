@@ -15,6 +15,7 @@ from extract.sparsity import (
     projection_mask,
     rescale_gradients_to_unit_rms,
     sharkfin_factor,
+    units_at_minimum,
 )
 
 
@@ -172,3 +173,18 @@ def test_the_gpu_way_to_the_cut_finds_the_same_kth_largest_value(k):
     flat = torch.randn(100).abs().round(decimals=1)  # plenty of ties
     assert float(kth_largest(flat, k, by_topk=True)) == float(kth_largest(flat, k, by_topk=False))
     assert float(kth_largest(flat, k, by_topk=False)) == float(flat.sort(descending=True).values[k - 1])
+
+
+def test_units_at_minimum_counts_the_units_the_floor_chose():
+    from tests.families import tiny_model
+
+    model = tiny_model("gpt2")
+    tensors = [t for t in sparse_tensors(model, embeddings=True) if t.unit_axis is not None]
+    units = sum(t.param.shape[t.unit_axis] for t in tensors)
+    assert units_at_minimum(tensors, 2) == {"units": units, "at_minimum": 0, "min_per_unit": 2}  # dense
+    project_(tensors, 1e-6, min_per_unit=2)  # a density so low the floor decides every unit
+    assert units_at_minimum(tensors, 2)["at_minimum"] == units
+    first = tensors[0]
+    with torch.no_grad():  # give one unit of the first matrix a third nonzero
+        first.param.select(first.unit_axis, 0).fill_(1.0)
+    assert units_at_minimum(tensors, 2)["at_minimum"] == units - 1

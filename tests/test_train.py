@@ -154,15 +154,15 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(write_recipe, t
     import extract.train as train_module
     from extract.recipe import load_recipe
 
-    real = train_module.token_losses
+    real = train_module.training_losses
     calls = {"n": 0}
 
-    def poisoned(model, batch, teacher=None):
-        ce, kl = real(model, batch, teacher)
+    def poisoned(model, batch, teacher=None, hidden=False):
+        ce, kl, hidden_error = real(model, batch, teacher, hidden)
         calls["n"] += 1 if model.training else 0
-        return (ce * float("nan"), kl) if calls["n"] == 7 else (ce, kl)
+        return (ce * float("nan"), kl, hidden_error) if calls["n"] == 7 else (ce, kl, hidden_error)
 
-    monkeypatch.setattr(train_module, "token_losses", poisoned)
+    monkeypatch.setattr(train_module, "training_losses", poisoned)
     recipe, _ = load_recipe(str(write_recipe()))
     try:
         with pytest.raises(train_module.NonFiniteLossError, match=r"loss is nan at step 7.*step-4.*optim.lr"):
@@ -562,3 +562,91 @@ def test_apply_gradients_rescales_to_unit_rms_before_the_step():
     weight.grad = torch.full((4, 5), 5.0)
     apply_gradients(optimizer, [weight], OptimConfig(grad_rescale_rms=False, clip_grad_norm=None))
     torch.testing.assert_close(weight.detach(), torch.full((4, 5), -6.0))
+
+
+def test_squarehead_is_each_blocks_normalised_error_and_trains_only_the_student(tiny_model_dir):
+    from extract.losses import training_losses
+
+    torch.manual_seed(0)
+    student = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().requires_grad_(False)
+    ids = torch.randint(0, student.config.vocab_size, (2, 16))
+    _, _, same = training_losses(student, ids, teacher, hidden=True)
+    assert float(same) < 1e-10  # the checkpoint matches itself
+    with torch.no_grad():
+        student.transformer.h[0].mlp.c_proj.weight.mul_(2.0)
+        s_states = student(input_ids=ids, output_hidden_states=True).hidden_states
+        t_states = teacher(input_ids=ids, output_hidden_states=True).hidden_states
+    expected = sum(float((s - t).square().sum() / t.square().sum()) for s, t in zip(s_states[1:], t_states[1:]))
+    ce, kl, hidden = training_losses(student, ids, teacher, hidden=True)
+    assert float(hidden) == pytest.approx(expected / (len(s_states) - 1), rel=1e-5) and float(hidden) > 1e-4
+    assert training_losses(student, ids, teacher)[2] is None  # off unless asked: no hidden states kept
+    hidden.backward()
+    assert student.transformer.h[0].mlp.c_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_squarehead_weight_falls_to_zero_at_the_end_of_the_anneal():
+    from extract.recipe import load_recipe
+    from extract.train import hidden_weight
+
+    recipe = load_recipe("tiny-python", ["train.steps=300", "sparsity.anneal_fraction=0.5",
+                                         "loss.hidden_weight=2.0"])[0]
+    assert [hidden_weight(recipe, step) for step in (0, 75, 150, 299)] == pytest.approx([2.0, 1.0, 0.0, 0.0])
+    recipe.loss.hidden_weight = 0.0
+    assert hidden_weight(recipe, 0) == 0.0
+
+
+def test_a_random_start_keeps_the_checkpoint_as_teacher_and_dense_loss(write_recipe, tmp_path, accelerate_state):
+    """The bench_init control: the student is a fresh model of the checkpoint's shape, the teacher and
+    the dense held-out loss are the checkpoint's, and the seed fixes the fresh weights."""
+    from accelerate import Accelerator
+
+    from extract.evaluation import heldout_metrics
+    from extract.recipe import load_recipe
+    from extract.train import setup
+
+    def start(random_start: bool, seed: int = 1):  # (the tiny checkpoint is a fresh draw at seed 0)
+        overrides = [f"model.random_start={random_start}", f"train.seed={seed}", "loss.ce_weight=0",
+                     f"output_dir={tmp_path}/{random_start}-{seed}"]
+        recipe = load_recipe(str(write_recipe()), overrides)[0]
+        return setup(recipe, Accelerator(cpu=True))
+
+    # one process draws the data order from torch's generator at the first batch: take it at once
+    dense = start(False)
+    dense_batch = next(dense.batches)
+    control = start(True)
+    control_batch = next(control.batches)
+    again, other = start(True), start(True, seed=2)
+    checkpoint = dict(dense.raw_model.named_parameters())
+    fresh = dict(control.raw_model.named_parameters())
+    assert all(torch.equal(p, checkpoint[n]) for n, p in control.teacher.named_parameters())
+    assert not any(torch.equal(p, checkpoint[n]) for n, p in fresh.items() if p.dim() >= 2)
+    assert all(torch.equal(p, fresh[n]) for n, p in again.raw_model.named_parameters())  # the seed decides
+    assert not torch.equal(other.raw_model.lm_head.weight, control.raw_model.lm_head.weight)
+    assert control.state.dense_heldout_loss == pytest.approx(dense.state.dense_heldout_loss)
+    dense_loss = control.state.dense_heldout_loss
+    assert dense_loss == pytest.approx(heldout_metrics(control.teacher, control.heldout)["loss"])
+    assert heldout_metrics(control.raw_model, control.heldout)["loss"] != pytest.approx(dense_loss)
+    assert torch.equal(control_batch, dense_batch)  # the fresh weights moved no generator: the same data order
+
+
+@pytest.mark.slow
+def test_refits_and_squarehead_train_to_exactly_the_top_k(write_recipe, tmp_path):
+    """The issue 31 options in the loop: refits where the sparsifier says, every tensor at exactly its
+    count at the end (the refit keeps the pattern), and a held-out loss that is a number."""
+    from extract.projection import kept_count
+    from extract.recipe import load_recipe
+    from extract.sparsifier import Sparsifier
+
+    recipe = write_recipe(sparsity={"refit_every": 3, "refit_blocks": 4}, loss={"hidden_weight": 1.0})
+    proc = run_cli("--recipe", recipe, "--stage", "sparsify")
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if "refitted" in line] == ["step 3", "step 6"]
+    out = tmp_path / "out"
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    loaded = load_recipe(str(recipe))[0]
+    sparsifier = Sparsifier(model, loaded.sparsity, loaded.train.steps)
+    for tensor, density in zip(sparsifier.tensors, sparsifier.finals):
+        assert int(torch.count_nonzero(tensor.param)) == kept_count(tensor.param.numel(), density), tensor.name
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert math.isfinite(log[-1]["heldout_loss"])
