@@ -88,8 +88,10 @@ def test_representation_match_is_one_for_the_model_itself_and_lower_for_another(
 def test_fidelity_gathers_both_with_the_split_it_used():
     dense = _gpt2(0)
     blocks = torch.randint(0, 64, (5, 16), generator=torch.Generator().manual_seed(2))
-    result = fidelity(dense, _pruned(dense, 0.5), blocks)
+    result = fidelity(dense, _pruned(dense, 0.5), blocks, min_per_unit=20)
     assert result["weights"]["among_dense_largest"] == 1.0
+    units = result["weights"]["units_at_minimum"]  # q/k/v, value channels, neurons in and out, per layer
+    assert units["units"] == 2 * (3 * 32 + 32 + 128 + 128) and 0 < units["at_minimum"] < units["units"]
     representation = result["representation"]
     assert (representation["fit_blocks"], representation["scored_blocks"]) == (2, 3)
     assert representation["mean_r2"] == pytest.approx(sum(s["r2"] for s in representation["sites"]) / 3)

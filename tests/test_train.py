@@ -55,6 +55,12 @@ def _check_fidelity(report: dict, sparse, dense, out, stdout: str) -> None:
     for page in ("report.md", "model/README.md", "report.html"):
         assert share in (out / page).read_text().replace("**", ""), page
     assert f"fidelity: Weights: {share}" in stdout
+    units = fidelity["weights"]["units_at_minimum"]  # recounted from the saved weights (min_per_unit 2 here)
+    counts = [(t.param.detach() != 0).sum(dim=1 - t.unit_axis) for t in sparse_tensors(sparse)
+              if t.unit_axis is not None]
+    assert units["units"] == sum(len(c) for c in counts)
+    assert units["at_minimum"] == sum(int((c <= 2).sum()) for c in counts)
+    assert f"of the {units['units']:,} neurons and channels keep only" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
