@@ -285,7 +285,7 @@ def _refit(run: Run, bar) -> None:
               f"(relative error {error:.4f})")
 
 
-def _forward_backward(run: Run, hidden_weight: float = 0.0) -> tuple[float, float]:
+def _forward_backward(run: Run, hidden_scale: float = 0.0) -> tuple[float, float]:
     """The step's gradients over its micro-batches; returns its mean cross-entropy and KL on this process."""
     recipe, accelerator = run.recipe, run.accelerator
     accum = recipe.train.gradient_accumulation_steps
@@ -295,10 +295,10 @@ def _forward_backward(run: Run, hidden_weight: float = 0.0) -> tuple[float, floa
         sync = accelerator.no_sync(run.model) if micro < accum - 1 else contextlib.nullcontext()
         with sync:
             with run.phase("forward and loss"):
-                ce, kl, hidden = training_losses(run.model, batch, run.teacher, hidden=hidden_weight > 0)
+                ce, kl, hidden = training_losses(run.model, batch, run.teacher, hidden=hidden_scale > 0)
             loss = recipe.loss.ce_weight * ce + (recipe.loss.kl_weight * kl if kl is not None else 0.0)
             if hidden is not None:
-                loss = loss + hidden_weight * hidden
+                loss = loss + hidden_scale * hidden  # SquareHead, this step's weight
             if not torch.isfinite(loss):
                 _stop_on_non_finite(run, loss, ce, kl)
             with run.phase("backward"):
