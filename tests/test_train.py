@@ -474,14 +474,14 @@ def test_gradient_checkpointing_trains_the_same_weights(write_recipe, tmp_path, 
     from extract.recipe import load_recipe
     from extract.train import make_accelerator, train
 
-    real, seen = train_module.token_losses, set()
+    real, seen = train_module.training_losses, set()
 
-    def spy(model, batch, teacher=None):  # which setting the model trained with
+    def spy(model, batch, teacher=None, hidden=False):  # which setting the model trained with
         if model.training:
             seen.add(model.is_activation_checkpointing)
-        return real(model, batch, teacher)
+        return real(model, batch, teacher, hidden=hidden)
 
-    monkeypatch.setattr(train_module, "token_losses", spy)
+    monkeypatch.setattr(train_module, "training_losses", spy)
     weights = {}
     for checkpointing in (False, True):
         seen.clear()
