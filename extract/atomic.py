@@ -10,12 +10,23 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+@contextmanager
+def atomic_file(final: Path):
+    """Yield a scratch path beside `final`; once the block has written it, it replaces `final`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: Path, data) -> None:

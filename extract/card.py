@@ -10,7 +10,7 @@ import yaml
 from extract.circuits.controls import CONTROLS
 from extract.hub import is_hub_id
 from extract.recipe import Recipe
-from extract.report_view import ReportView, report_view
+from extract.report_view import BRIDGES_NOTE, ReportView, report_view
 
 
 def card_metadata(report: dict, recipe: Recipe) -> dict:
@@ -108,6 +108,9 @@ def model_card(report: dict, recipe: Recipe, repo_id: str | None = None) -> str:
                   f"{sparse.kl_to_dense:.4f}) after {sparse.tokens:,} fine-tuning tokens.", ""]
     if view.fidelity is not None:
         lines += ["## Fidelity to the dense model", "", *(f"- {line}" for line in view.fidelity_lines()), ""]
+    if view.bridge_lines:
+        lines += ["## Bridges to the dense model", "", BRIDGES_NOTE, "", *(f"- {line}" for line in view.bridge_lines),
+                  ""]
     if view.rows:
         controls = " ".join(f"{c.label[0].upper() + c.label[1:]}: {c.explanation}." for c in CONTROLS)
         lines += ["## Circuits", "",

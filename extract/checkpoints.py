@@ -14,7 +14,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from extract import atomic
 from extract.errors import UserError
@@ -60,8 +62,11 @@ def prune_checkpoints(directory: Path, keep: int = 2) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState) -> None:
-    """Every process writes its part of the Accelerate state; the folder is renamed into place once whole."""
+def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState,
+                    modules: dict[str, torch.nn.Module] | None = None) -> None:
+    """Every process writes its part of the Accelerate state, and the main process `modules` (trained
+    beside the model, replicated on every process) as NAME.safetensors; the folder is renamed into
+    place once whole."""
     ckpt_dir = Path(out) / CHECKPOINTS_DIRNAME
     scratch = ckpt_dir / f".step-{state.step}.tmp"
     if accelerator.is_main_process:
@@ -70,6 +75,9 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState) -> N
     accelerator.save_state(str(scratch))
     if accelerator.is_main_process:
         state.save(scratch / "trainer_state.json")
+        for name, module in (modules or {}).items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                      scratch / f"{name}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         os.replace(scratch, ckpt_dir / f"step-{state.step}")
@@ -77,11 +85,13 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainState) -> N
     accelerator.wait_for_everyone()
 
 
-def resume(accelerator: Accelerator, out: Path, steps: int) -> TrainState:
+def resume(accelerator: Accelerator, out: Path, steps: int, modules: dict[str, torch.nn.Module] | None = None
+           ) -> TrainState:
     """The state to go on from: the newest checkpoint that loads (its model, optimizer, scheduler and
-    random states loaded into `accelerator`'s prepared objects), or a fresh start with an empty log."""
+    random states loaded into `accelerator`'s prepared objects, and `modules` from their files), or a
+    fresh start with an empty log."""
     out = Path(out)
-    resumed_from, state = _load_newest_good_checkpoint(accelerator, out / CHECKPOINTS_DIRNAME)
+    resumed_from, state = _load_newest_good_checkpoint(accelerator, out / CHECKPOINTS_DIRNAME, modules or {})
     log = out / TRAIN_LOG_FILE
     if resumed_from is not None:
         accelerator.print(f"resuming from {resumed_from} (step {state.step}/{steps})")
@@ -107,7 +117,8 @@ def _truncate_log(path: Path, last_step: int) -> None:
     atomic.write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path) -> tuple[Path | None, TrainState]:
+def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path, modules: dict[str, torch.nn.Module]
+                                 ) -> tuple[Path | None, TrainState]:
     """Load the newest checkpoint that loads. One that does not (a file cut short or corrupted on disk)
     is set aside as `.broken-step-N`, with a warning, and the one before it is tried; when none is left
     the run stops and says so, since a half-loaded checkpoint may have overwritten the model."""
@@ -116,6 +127,8 @@ def _load_newest_good_checkpoint(accelerator: Accelerator, ckpt_dir: Path) -> tu
         try:
             state = TrainState.load(ckpt / "trainer_state.json")
             accelerator.load_state(str(ckpt))
+            for name, module in modules.items():
+                module.load_state_dict(load_file(ckpt / f"{name}.safetensors"))
             return ckpt, state
         # what a damaged file raises depends on which file and how (safetensors, the restricted
         # unpickler, json, the OS); any of them means this checkpoint cannot be trusted

@@ -67,6 +67,13 @@ class RunFiles:
             raise MissingFileError(f"{where}: has no {name}")
         return found
 
+    def model_file(self, name: str) -> Path:
+        """A local path to a file of the run's model folder (e.g. bridges.json)."""
+        if self.local:
+            folder = Path(self.where) / MODEL_DIRNAME
+            return self.path(f"{MODEL_DIRNAME}/{name}" if folder.is_dir() else name)
+        return self.path(name)
+
     def model_source(self) -> str:
         """What `from_pretrained` takes to load the run's sparse model."""
         if self.local:

@@ -55,19 +55,29 @@ def training_losses(model, input_ids: torch.Tensor, teacher=None, hidden: bool =
     """`token_losses`, and with `hidden` (and a teacher) the SquareHead term of the blocks' outputs."""
     states = {"output_hidden_states": True} if hidden else {}
     out = model(input_ids=input_ids, **states)
-    logits = out.logits[:, :-1]
-    # one log-softmax serves both losses (cross_entropy would compute its own); its backward needs
-    # only its output, so the logits can go
-    student_logp = F.log_softmax(logits.float(), dim=-1)
-    del logits
+    student_logp = next_token_logp(out)
     ce = F.nll_loss(student_logp.flatten(0, 1), input_ids[:, 1:].flatten())
     if teacher is None:
         return ce, None, None
     with torch.no_grad():
         taught = teacher(input_ids=input_ids, **states)
-    positions = student_logp.shape[0] * student_logp.shape[1]
-    kl = _KLToTeacher.apply(student_logp, taught.logits) / positions
+    kl = kl_to_teacher(student_logp, taught.logits)
     return ce, kl, hidden_state_error(out.hidden_states, taught.hidden_states) if hidden else None
+
+
+def next_token_logp(output) -> torch.Tensor:
+    """Log-probabilities of every next token (all positions but the last), in float32. One log-softmax
+    serves both losses (cross_entropy would compute its own); its backward needs only its output, so
+    the output's logits are let go."""
+    logp = F.log_softmax(output.logits[:, :-1].float(), dim=-1)
+    output.logits = None
+    return logp
+
+
+def kl_to_teacher(student_logp: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) per position, from the teacher's raw logits."""
+    positions = student_logp.shape[0] * student_logp.shape[1]
+    return _KLToTeacher.apply(student_logp, teacher_logits) / positions
 
 
 def hidden_state_error(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:

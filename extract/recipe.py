@@ -133,6 +133,26 @@ class LossConfig:
 
 
 @dataclass
+class BridgesConfig:
+    """Bridges to the frozen dense model (METHOD.md section 7, extract/bridges.py): at the residual stream
+    before every attention and every MLP, an encoder dense -> sparse (linear, then AbsTopK) and a
+    decoder sparse -> dense (linear), trained with the sparse model so that its circuits can be carried
+    back into the dense model (the prune stage's bridged interventions)."""
+
+    enabled: bool = False
+    nmse_weight: float = field(default=1.0, metadata=at_least(0))  # encoder and decoder reconstruction, summed
+    hybrid_kl_weight: float = field(default=1.0, metadata=at_least(0))  # each of the two hybrid passes' KL
+    # "sampled": one site per direction per step, drawn by (seed, step), an unbiased estimate of the mean
+    # over sites at two extra passes; "all": every site every step (2 x sites extra passes)
+    hybrid_sites: Literal["sampled", "all"] = "sampled"
+    # AbsTopK: the encoder keeps the k largest-magnitude channels per token; null keeps them all
+    topk: int | None = field(default=None, metadata=above(0, null=True))
+    # "identity": encoder and decoder start as the identity (the sparse model starts as the dense one);
+    # "random": nn.Linear's own initialisation
+    init: Literal["identity", "random"] = "identity"
+
+
+@dataclass
 class TrainConfig:
     steps: int = field(default=600, metadata=POSITIVE_INT)
     batch_size: int = field(default=16, metadata=POSITIVE_INT)  # per process, per micro-step
@@ -240,6 +260,7 @@ class Recipe:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    bridges: BridgesConfig = field(default_factory=BridgesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tasks: list[str | TaskFileRef] = field(default_factory=list)  # built-in task names and task files
@@ -384,6 +405,10 @@ def validate(recipe: Recipe) -> list[str]:
     if recipe.model.random_start and (recipe.model.init_config is not None or loss.kl_weight <= 0):
         problems.append("model.random_start: needs a checkpoint to distil from "
                         "(model.name_or_path, loss.kl_weight > 0)")
+    if recipe.bridges.enabled and (loss.kl_weight <= 0 or recipe.model.init_config is not None
+                                   or not s.enabled):
+        problems.append("bridges.enabled: bridges join the sparse model to its dense teacher, so they need "
+                        "sparsity to be on and the dense teacher (loss.kl_weight > 0)")
     return problems + _task_problems(recipe.tasks)
 
 
@@ -448,6 +473,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[Recipe, P
         raise RecipeError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data = _with_base(data, path)
     data.setdefault("name", path.stem)
     problems: list[str] = []
     try:
@@ -461,6 +487,24 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[Recipe, P
     if problems:  # every problem at once, each naming the file and the key
         raise RecipeError("\n".join(f"{path}: {problem}" for problem in problems))
     return recipe, path
+
+
+def _with_base(data: dict, path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A recipe with `base: NAME_OR_PATH` is that recipe with this one's keys laid over it, section by
+    section (a variant states only what it changes; the run saves the whole result as recipe.yaml)."""
+    if "base" not in data:
+        return data
+    base_path = resolve_recipe_path(str(data.pop("base")))
+    if base_path in seen or base_path == path:
+        raise RecipeError(f"{path}: base: {base_path} is based on this recipe again")
+    base = yaml.safe_load(base_path.read_text()) or {}
+    base = _with_base(base, base_path, (*seen, path))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return base
 
 
 RENAMED = {("prune", "local_tokens"): "short_range_tokens"}  # old key: new name (recipes saved before the rename)

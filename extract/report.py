@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from extract import atomic
 from extract.arch import sparse_tensors
+from extract.bridge_losses import bridge_metrics
+from extract.bridges import BRIDGES_WEIGHTS, Bridges, check_fits, has_bridges
 from extract.card import model_card
 from extract.data import prepare_heldout
 from extract.evaluation import heldout_metrics
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 # held-out text the representation match reads (half fits the map, half scores it): 8,192 tokens
 # keep a map from GPT-2 small's 768 channels well determined and every site's activations in memory
 FIDELITY_BLOCKS, FIDELITY_TOKENS = 32, 256
+BRIDGE_BLOCKS = 16  # held-out blocks the bridges' per-site figures are read on (2 hybrid passes per site each)
 
 
 def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[float, int, int]:
@@ -43,6 +46,8 @@ def saved_density(model_dir: Path, model, embeddings: bool = True) -> tuple[floa
     must equal the loaded parameters', so a tensor the loader filled in rather than read cannot pass."""
     in_files = 0
     for shard in sorted(Path(model_dir).glob("*.safetensors")):
+        if shard.name == BRIDGES_WEIGHTS:  # saved beside the model, not part of it
+            continue
         in_files += sum(int(torch.count_nonzero(w)) for w in load_file(shard).values())
     loaded = sum(int(torch.count_nonzero(p)) for p in model.parameters())
     if loaded != in_files:
@@ -97,6 +102,11 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
                                               recipe.sparsity.embeddings, recipe.sparsity.min_per_unit)
             else:
                 log.warning("data.heldout_blocks is 1: no fidelity figures (they need 2 held-out blocks)")
+    if teacher is not None and has_bridges(model_dir):
+        log.info("measuring the bridges on held-out text")
+        bridges = Bridges.load(model_dir).to(device)
+        check_fits(bridges, trained)
+        report["bridges"] = bridge_metrics(trained, teacher, bridges, heldout[:BRIDGE_BLOCKS])
     section.update(tokens=state["tokens"], wall_seconds=state["wall_seconds"])
     report["sparse" if recipe.sparsity.enabled else "trained"] = section
     plot_training(out / TRAIN_LOG_FILE, out / "training.png")  # before report.html, which inlines it
@@ -114,6 +124,8 @@ def merge_circuits(report: dict, out: Path) -> dict:
                                       "reused, not pruned again")
         report.update(target_loss=found["target_loss"], splits=found.get("splits"), tasks=found["tasks"],
                       summary=found["summary"])
+        if found.get("transfer") is not None:
+            report["transfer"] = found["transfer"]
     atomic.write_json_atomic(out / "report.json", report)
     atomic.write_text_atomic(out / "report.md", report_markdown(report_view(report)))
     write_html_report(out, report)

@@ -79,7 +79,8 @@ def page_data(out: Path, report: dict) -> dict:
             "models": [{"role": m.role, **{k: getattr(m, k) for k in MODEL_FIELDS}} for m in view.models],
             "summary": [line.replace("**", "") for line in view.ratios]
                        + [f"{label}: {', '.join(where)}." for label, where in view.flags]
-                       + [f"Fidelity to the dense model. {line.replace('**', '')}" for line in view.fidelity_lines()],
+                       + [f"Fidelity to the dense model. {line.replace('**', '')}" for line in view.fidelity_lines()]
+                       + [f"Bridges. {line.replace('**', '')}" for line in view.bridge_lines],
             "splits": "Sufficient: the circuit alone (everything else held at its mean) reaches the target loss. "
                       "Necessary: removing only the circuit raises the loss to at least ln(2)/2.",
             "table": table, "images": _images(out), "circuits": circuits, "controls": _controls(view)}

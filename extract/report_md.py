@@ -1,7 +1,7 @@
 """report.md and the lines the command prints at the end: the report view (report_view.py) as text."""
 from __future__ import annotations
 
-from extract.report_view import ModelRow, ReportView
+from extract.report_view import BRIDGES_NOTE, ModelRow, ReportView
 
 
 def _number(value, fmt: str = ".3f") -> str:
@@ -22,7 +22,8 @@ def summary_lines(view: ReportView) -> list[str]:
         if m.wall_seconds is not None:
             parts.append(f"{m.tokens:,} tokens in {m.wall_seconds / 60:.1f} min")
         lines.append(f"{m.role:>8}: " + "; ".join(parts))
-    return lines + [f"fidelity: {line.replace('**', '')}" for line in view.fidelity_lines()]
+    return (lines + [f"fidelity: {line.replace('**', '')}" for line in view.fidelity_lines()]
+            + [f"bridges: {line.replace('**', '')}" for line in view.bridge_lines])
 
 
 def _model_lines(models: list[ModelRow], trained: ModelRow | None) -> list[str]:
@@ -56,6 +57,9 @@ def report_markdown(view: ReportView) -> str:
         lines += ["## Fidelity to the dense model", "", "Is the sparse model still the dense one, or a new model "
                   "that imitates its outputs? (Its circuits describe the dense model only as far as it is.)", ""]
         lines += [f"- {line}" for line in view.fidelity_lines()] + [""]
+    if view.bridge_lines:
+        lines += ["## Bridges to the dense model", "", BRIDGES_NOTE, ""] + [f"- {line}" for line in view.bridge_lines]
+        lines += [""]
     if view.rows:
         lines += ["## Circuits", "",
                   f"Target task loss {view.target_loss}. Each task has three disjoint splits: the mask trains on "

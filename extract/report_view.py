@@ -115,6 +115,7 @@ class ReportView:
     ratios: list[str] = field(default_factory=list)  # the edge-ratio lines, numbers in **bold**
     flags: list[tuple[str, list[str]]] = field(default_factory=list)  # (label, where) for every flag raised
     fidelity: Fidelity | None = None  # runs that sparsified a dense model
+    bridge_lines: list[str] = field(default_factory=list)  # runs trained with bridges (numbers in **bold**)
 
     def fidelity_lines(self) -> list[str]:
         if self.fidelity is None:
@@ -157,7 +158,35 @@ def report_view(report: dict) -> ReportView:
         view.flags = [(label, summary[key]) for key, label in flags() if summary.get(key)]
     if report.get("fidelity"):
         view.fidelity = Fidelity.from_report(report["fidelity"], tasks)
+    view.bridge_lines = bridge_lines(report.get("bridges"), report.get("transfer"))
     return view
+
+
+BRIDGES_NOTE = ("Do the sparse circuits say something about the dense model? Bridges map each residual site "
+                "between the two models; a circuit's edit (its nodes' values swapped in from the other prompt of a "
+                "test pair) is decoded into the dense model at one site, and should move it as far as patching the "
+                "dense model's own residual there, where random node sets of the same size should not.")
+
+
+def bridge_lines(bridges: dict | None, transfer: dict | None) -> list[str]:
+    """The bridges' fit per site (report.json "bridges") and each sparse circuit's bridged intervention
+    (report.json "transfer", circuits/transfer.py), in sentences."""
+    lines = []
+    if bridges:
+        mean = {k: sum(row[k] for row in bridges.values()) / len(bridges) for k in next(iter(bridges.values()))}
+        per_site = "; ".join(f"{site} {row['encoder_nmse']:.3f} / {row['decoder_nmse']:.3f} / "
+                             f"{row['kl_dense_to_sparse']:.3f} / {row['kl_sparse_to_dense']:.3f}"
+                             for site, row in bridges.items())
+        lines.append(f"Bridges at {len(bridges)} sites, on held-out text: encoder NMSE **{mean['encoder_nmse']:.3f}**, "
+                     f"decoder NMSE **{mean['decoder_nmse']:.3f}**, KL to the dense model of the hybrid passes "
+                     f"dense-then-sparse **{mean['kl_dense_to_sparse']:.3f}** and sparse-then-dense "
+                     f"**{mean['kl_sparse_to_dense']:.3f}** nats per token (per site, the same four: {per_site}).")
+    for task, t in (transfer or {}).items():
+        lines.append(f"{task}: the sparse circuit's edit, decoded into the dense model at {t['site']} (chosen on "
+                     f"validation), moves it **{t['fraction']:.2f}** of the way the full patch there does, over "
+                     f"{t['test_pairs']} test pairs both ways; {t['random_draws']} random node sets of the same size: "
+                     f"mean **{t['random_mean']:.2f}**, at most {t['random_max']:.2f}.")
+    return lines
 
 
 def _row(task: str, role: str, result: TaskResult, random_init: TaskResult | None, target: float | None

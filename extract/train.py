@@ -30,6 +30,8 @@ from tqdm.auto import tqdm
 
 from extract import atomic, fsdp
 from extract.arch import sparse_tensors
+from extract.bridge_losses import bridged_losses, hybrid_keys
+from extract.bridges import Bridges, residual_sites
 from extract.checkpoints import TrainState, append_log, latest_checkpoint, resume, save_checkpoint
 from extract.data import prepare_data
 from extract.errors import UserError
@@ -153,6 +155,16 @@ class Run:
     state: TrainState
     session_start: float  # wall time counts set-up (data, models, compilation) too
     phase: Phase = no_phases
+    bridges: Bridges | None = None  # trained beside the model (recipe bridges:), outside Accelerate's wrappers
+
+    @property
+    def bridge_sites(self):
+        return residual_sites(self.raw_model)
+
+    @property
+    def saved_modules(self) -> dict[str, torch.nn.Module]:
+        """What checkpoints hold beside Accelerate's own state."""
+        return {"bridges": self.bridges} if self.bridges is not None else {}
 
     @property
     def out(self) -> Path:
@@ -160,7 +172,8 @@ class Run:
 
     @property
     def params(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        bridges = list(self.bridges.parameters()) if self.bridges is not None else []
+        return [p for p in self.model.parameters() if p.requires_grad] + bridges
 
 
 def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) -> Run:
@@ -175,6 +188,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     if recipe.sparsity.enabled and recipe.sparsity.refit_every and accelerator.is_fsdp2:
         raise RecipeError("sparsity.refit_every: not supported under FSDP2 yet (a refit solves whole matrices, "
                           "which FSDP2 shards); set it to 0")
+    _check_bridges_supported(recipe, accelerator)
     if recipe.sparsity.enabled:  # before the data: a budget error then costs seconds
         budget_densities(sparse_tensors(model, recipe.sparsity.embeddings), recipe.sparsity,
                          recipe.model.name_or_path)
@@ -186,6 +200,11 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     if recipe.model.random_start:  # the control: the checkpoint's shape and teacher, not its weights
         with torch.random.fork_rng():  # drawn without moving the generator, so the data order is the same
             model = random_like(model)
+    bridges = None
+    if recipe.bridges.enabled:
+        with torch.random.fork_rng():  # as above: a run with bridges sees the same batches as one without
+            b = recipe.bridges
+            bridges = Bridges.for_models(teacher, model, b.topk, b.init).to(accelerator.device)
     with accelerator.main_process_first(), phase("tokenise and pack data"):  # build the datasets cache once
         train_blocks, heldout, _ = prepare_data(recipe, tokenizer)
     if accelerator.is_main_process:  # the inputs have loaded: now the run claims its output folder
@@ -193,14 +212,15 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     model.train()
     if recipe.train.gradient_checkpointing:
         _enable_activation_checkpointing(model)
-    optimizer = build_optimizer(model, recipe.optim, accelerator.device)
+    trained = model if bridges is None else torch.nn.ModuleList([model, bridges])  # bridges: one optimizer
+    optimizer = build_optimizer(trained, recipe.optim, accelerator.device)
     with phase("prepare (shard)"):
         model, optimizer, loader = accelerator.prepare(model, optimizer, _loader(train_blocks, recipe))
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
     sparsifier = (Sparsifier(raw_model, recipe.sparsity, recipe.train.steps, recipe.model.name_or_path)
                   if recipe.sparsity.enabled else None)
     _announce(accelerator, raw_model, teacher, sparsifier)
-    state = resume(accelerator, Path(recipe.output_dir), recipe.train.steps)
+    state = resume(accelerator, Path(recipe.output_dir), recipe.train.steps, {"bridges": bridges} if bridges else {})
     if state.dense_heldout_loss is None and recipe.model.init_config is None:
         with phase("held-out evaluation"):
             dense = teacher if recipe.model.random_start else raw_model  # the checkpoint, before any step
@@ -213,7 +233,19 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         rows = itertools.islice(train_blocks.with_format("torch"), recipe.sparsity.refit_blocks)
         calibration = torch.stack([row["input_ids"] for row in rows]).to(accelerator.device)
     return Run(recipe, accelerator, tokenizer, model, raw_model, teacher, optimizer, _batches(loader, epoch, skip),
-               heldout, sparsifier, calibration, state, session_start, phase)
+               heldout, sparsifier, calibration, state, session_start, phase, bridges)
+
+
+def _check_bridges_supported(recipe: Recipe, accelerator: Accelerator) -> None:
+    """Bridges run hooked partial passes beside the main one: what that has not been built for yet."""
+    if not recipe.bridges.enabled:
+        return
+    unsupported = [(accelerator.is_fsdp2, "FSDP2 (the hybrid passes splice whole residual streams)"),
+                   (recipe.train.compile, "train.compile (the passes are hooked differently every step)"),
+                   (recipe.train.gradient_checkpointing, "train.gradient_checkpointing (recomputation re-runs hooks)")]
+    for unsupported_here, what in unsupported:
+        if unsupported_here:
+            raise RecipeError(f"bridges.enabled: not supported with {what} yet; turn one of them off")
 
 
 def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) -> Path:
@@ -237,7 +269,7 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         # forward and backward over the micro-batches
-        ce, kl = _forward_backward(run, hidden_weight(recipe, state.step))
+        losses = _forward_backward(run, hidden_weight(recipe, state.step))
         # rescale to RMS 1, optimizer step, then the projection to the step's densities
         with phase("optimizer step"):
             apply_gradients(run.optimizer, run.params, recipe.optim, accelerator.scaler)
@@ -255,11 +287,7 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         record = None
         if state.step % t.log_every == 0 or state.step == t.steps:
             tok_s, window_start, window_tokens = window_tokens / max(time.time() - window_start, 1e-9), time.time(), 0
-            ce, kl = _mean_over_processes(accelerator, ce, kl)
-            record = {"step": state.step, "tokens": state.tokens, "lr": lr, "density": density, "ce": ce,
-                      "kl": kl if run.teacher is not None else None, "tokens_per_s": tok_s}
-            bar.set_postfix(ce=f"{ce:.3f}", kl=f"{kl:.3f}" if run.teacher is not None else "-",
-                            density=f"{density:.4f}", tok_s=f"{tok_s:,.0f}")
+            record = _step_record(run, bar, _mean_over_processes(accelerator, losses), lr, density, tok_s)
         if state.step % t.eval_every == 0 or state.step == t.steps:
             record = {**(record or {"step": state.step, "tokens": state.tokens, "density": density}),
                       **_evaluate(run, bar, density)}
@@ -271,10 +299,20 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
             state.wall_seconds += time.time() - run.session_start
             run.session_start = time.time()
             with phase("checkpoint"):
-                save_checkpoint(accelerator, run.out, state)
+                save_checkpoint(accelerator, run.out, state, run.saved_modules)
     bar.close()
     state.wall_seconds += time.time() - run.session_start
     return save_final(run)
+
+
+def _step_record(run: Run, bar, losses: dict[str, float], lr: float, density: float, tok_s: float) -> dict:
+    """The log line of a logged step, also shown on the progress bar."""
+    if run.teacher is None:
+        losses["kl"] = None
+    bar.set_postfix(ce=f"{losses['ce']:.3f}", kl=f"{losses['kl']:.3f}" if run.teacher is not None else "-",
+                    density=f"{density:.4f}", tok_s=f"{tok_s:,.0f}")
+    return {"step": run.state.step, "tokens": run.state.tokens, "lr": lr, "density": density, **losses,
+            "tokens_per_s": tok_s}
 
 
 def _refit(run: Run, bar) -> None:
@@ -285,43 +323,67 @@ def _refit(run: Run, bar) -> None:
               f"(relative error {error:.4f})")
 
 
-def _forward_backward(run: Run, hidden_scale: float = 0.0) -> tuple[float, float]:
-    """The step's gradients over its micro-batches; returns its mean cross-entropy and KL on this process."""
+def _forward_backward(run: Run, hidden_scale: float = 0.0) -> dict[str, float]:
+    """The step's gradients over its micro-batches; returns its mean losses on this process (ce, kl, and
+    with bridges their terms)."""
     recipe, accelerator = run.recipe, run.accelerator
     accum = recipe.train.gradient_accumulation_steps
-    ce_sum = kl_sum = 0.0
+    means: dict[str, float] = {}
     for micro in range(accum):
         batch = next(run.batches)
         sync = accelerator.no_sync(run.model) if micro < accum - 1 else contextlib.nullcontext()
         with sync:
             with run.phase("forward and loss"):
-                ce, kl, hidden = training_losses(run.model, batch, run.teacher, hidden=hidden_scale > 0)
-            loss = recipe.loss.ce_weight * ce + (recipe.loss.kl_weight * kl if kl is not None else 0.0)
-            if hidden is not None:
-                loss = loss + hidden_scale * hidden  # SquareHead, this step's weight
+                loss, terms = (_bridged_loss(run, batch, micro) if run.bridges is not None
+                               else _plain_loss(run, batch, hidden_scale))
             if not torch.isfinite(loss):
-                _stop_on_non_finite(run, loss, ce, kl)
+                _stop_on_non_finite(run, loss, terms)
             with run.phase("backward"):
                 accelerator.backward(loss / accum)
-        ce_sum += float(ce.detach()) / accum
-        kl_sum += float(kl.detach()) / accum if kl is not None else 0.0
-    return ce_sum, kl_sum
+        for name, value in terms.items():
+            means[name] = means.get(name, 0.0) + (float(value.detach()) if value is not None else 0.0) / accum
+    if run.bridges is not None and accelerator.num_processes > 1:  # Accelerate's wrapper reduces the model's
+        for param in run.bridges.parameters():
+            param.grad = accelerator.reduce(param.grad, reduction="mean")
+    return means
 
 
-def _stop_on_non_finite(run: Run, loss, ce, kl) -> None:
+def _plain_loss(run: Run, batch: torch.Tensor, hidden_scale: float) -> tuple[torch.Tensor, dict]:
+    weights = run.recipe.loss
+    ce, kl, hidden = training_losses(run.model, batch, run.teacher, hidden=hidden_scale > 0)
+    loss = weights.ce_weight * ce + (weights.kl_weight * kl if kl is not None else 0.0)
+    if hidden is not None:
+        loss = loss + hidden_scale * hidden  # SquareHead, this step's weight
+    return loss, {"ce": ce, "kl": kl}
+
+
+def _bridged_loss(run: Run, batch: torch.Tensor, micro: int) -> tuple[torch.Tensor, dict]:
+    """The model's own loss plus the bridges' terms (extract/bridge_losses.py)."""
+    b, weights = run.recipe.bridges, run.recipe.loss
+    keys = hybrid_keys(run.bridges.keys, b.hybrid_sites, run.recipe.train.seed, run.state.step, micro)
+    terms = bridged_losses(run.raw_model, run.teacher, run.bridges, run.bridge_sites, batch, keys, forward=run.model)
+    loss = (weights.ce_weight * terms.ce + weights.kl_weight * terms.kl + b.nmse_weight * terms.nmse
+            + b.hybrid_kl_weight * (terms.kl_dense_to_sparse + terms.kl_sparse_to_dense))
+    return loss, {"ce": terms.ce, "kl": terms.kl, "bridge_nmse": terms.nmse,
+                  "bridge_kl_dense_to_sparse": terms.kl_dense_to_sparse,
+                  "bridge_kl_sparse_to_dense": terms.kl_sparse_to_dense}
+
+
+def _stop_on_non_finite(run: Run, loss, terms: dict) -> None:
     last = latest_checkpoint(run.out / CHECKPOINTS_DIRNAME)
+    parts = ", ".join(f"{name}={None if value is None else value.item()}" for name, value in terms.items())
     raise NonFiniteLossError(
-        f"loss is {loss.item()} at step {run.state.step + 1} (ce={ce.item()}, kl={None if kl is None else kl.item()}); "
+        f"loss is {loss.item()} at step {run.state.step + 1} ({parts}); "
         f"nothing was saved from this step. Last complete checkpoint: {last or 'none'}. "
         f"Try a lower optim.lr (now {run.recipe.optim.lr}).")
 
 
-def _mean_over_processes(accelerator: Accelerator, ce: float, kl: float) -> tuple[float, float]:
+def _mean_over_processes(accelerator: Accelerator, losses: dict[str, float]) -> dict[str, float]:
     """The step's losses over every process's rows, not process 0's alone."""
     if accelerator.num_processes == 1:
-        return ce, kl
-    ce, kl = accelerator.reduce(torch.tensor([ce, kl], device=accelerator.device), reduction="mean").tolist()
-    return ce, kl
+        return losses
+    values = accelerator.reduce(torch.tensor(list(losses.values()), device=accelerator.device), reduction="mean")
+    return dict(zip(losses, values.tolist()))
 
 
 def _evaluate(run: Run, bar, density: float) -> dict:
@@ -344,6 +406,8 @@ def save_final(run: Run) -> Path:
     if accelerator.is_main_process:
         with atomic.atomic_directory(final_dir) as scratch:
             run.raw_model.save_pretrained(scratch, state_dict=weights, safe_serialization=True)
+            if run.bridges is not None:
+                run.bridges.save(scratch)  # beside the model: from_pretrained ignores them
             run.tokenizer.save_pretrained(scratch)
             (scratch / RECIPE_FILE).write_text(recipe_yaml(run.recipe))  # the model folder travels alone
             run.state.save(scratch / "trainer_state.json")

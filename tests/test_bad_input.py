@@ -67,7 +67,8 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "prune.weight_decay": -1, "prune.random_draws": -1, "prune.validation_margin_se": -1,
     "prune.k_coef_fallbacks": [-1], "prune.penalty": "adaptive", "prune.loss_budget": 0, "prune.penalty_rate": 0,
     "prune.init_tau": 0, "prune.size_tolerance": 1, "loss.hidden_weight": -1, "sparsity.refit_every": -1,
-    "sparsity.refit_blocks": 0, "hub.repo_id": "no-namespace",
+    "sparsity.refit_blocks": 0, "hub.repo_id": "no-namespace", "bridges.nmse_weight": -1,
+    "bridges.hybrid_kl_weight": -1, "bridges.topk": 0, "bridges.hybrid_sites": "some",
 }
 
 
@@ -120,6 +121,24 @@ def test_both_loss_weights_zero_and_a_teacherless_kl_are_refused():
     with pytest.raises(RecipeError, match="model.random_start: needs a checkpoint to distil from"):
         load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "model.random_start=true"])
     load_recipe("tiny-python", ["loss.hidden_weight=1", "model.random_start=true"])  # both fine with a teacher
+    with pytest.raises(RecipeError, match="bridges.enabled: bridges join the sparse model to its dense teacher"):
+        load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "bridges.enabled=true"])
+    with pytest.raises(RecipeError, match="bridges.enabled: bridges join"):
+        load_recipe("tiny-python", ["sparsity.enabled=false", "bridges.enabled=true"])
+
+
+@pytest.mark.parametrize("setting", ["train.compile=true", "train.gradient_checkpointing=true"])
+def test_bridges_refuse_what_they_do_not_support_yet(setting):
+    from types import SimpleNamespace
+
+    from extract.train import _check_bridges_supported
+
+    recipe = load_recipe("tiny-python", ["bridges.enabled=true", setting])[0]
+    with pytest.raises(RecipeError, match=f"bridges.enabled: not supported with {setting.split('=')[0]}"):
+        _check_bridges_supported(recipe, SimpleNamespace(is_fsdp2=False))
+    bridged = load_recipe("tiny-python", ["bridges.enabled=true"])[0]
+    with pytest.raises(RecipeError, match="FSDP2"):
+        _check_bridges_supported(bridged, SimpleNamespace(is_fsdp2=True))
 
 
 def _refused(proc, *needles):

@@ -124,3 +124,21 @@ def test_saved_recipe_from_before_a_new_field_still_matches(tmp_path):
     (tmp_path / RECIPE_FILE).write_text(yaml.safe_dump(saved))
     with pytest.raises(RecipeError, match=r"differs in sparsity\.sharkfin_power\)"):
         save_recipe(changed, tmp_path)
+
+
+def test_a_recipe_with_a_base_is_the_base_with_its_own_keys_laid_over(tmp_path):
+    bridged = load_recipe("tiny-python-bridges")[0]
+    default = load_recipe("tiny-python")[0]
+    assert bridged.bridges.enabled and bridged.output_dir == "outputs/tiny-python-bridges"
+    assert bridged.name == "tiny-python-bridges"
+    for section in ("model", "data", "sparsity", "optim", "train", "prune"):
+        assert getattr(bridged, section) == getattr(default, section), section
+    assert bridged.tasks == default.tasks
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"base: {loop}\n")
+    with pytest.raises(RecipeError, match="based on this recipe again"):
+        load_recipe(str(loop))
+    child = tmp_path / "child.yaml"
+    child.write_text("base: tiny-python\ntrain: {steps: 5}\n")
+    recipe = load_recipe(str(child))[0]
+    assert recipe.train.steps == 5 and recipe.train.batch_size == default.train.batch_size

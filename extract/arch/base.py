@@ -97,3 +97,6 @@ class Family:
     # Sparsified like the token embedding (no per-unit minimum), beside the input and output
     # embeddings that every family has: GPT-2's learned position embedding.
     extra_embeddings: tuple[str, ...] = ()
+    # Whether attention and MLP read the same residual stream side by side (then the residual before the
+    # MLP is the block's input, and bridges sit before attention only)
+    parallel_residual: Callable[[object], bool] = lambda config: False

@@ -58,4 +58,5 @@ def edge_matrices(model) -> list[EdgeMatrix]:
     return out
 
 
-FAMILY = Family("gpt_neox", ("gpt_neox",), sites, edge_matrices, "gpt_neox.final_layer_norm")
+FAMILY = Family("gpt_neox", ("gpt_neox",), sites, edge_matrices, "gpt_neox.final_layer_norm",
+                parallel_residual=lambda config: getattr(config, "use_parallel_residual", True))

@@ -20,12 +20,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from extract.bridges import BRIDGES_CONFIG, BRIDGES_WEIGHTS, Bridges
 from extract.circuits.checks import check_circuit
 from extract.circuits.files import circuit_file, gates_from_record, read_circuit, test_examples
 from extract.circuits.masks import NodeMask
 from extract.circuits.prune import scores_with_gates
 from extract.circuits.results import CircuitChecks
 from extract.circuits.sites import node_sites
+from extract.circuits.transfer import bridged_transfer
 from extract.errors import UserError
 from extract.hub import RunFiles, is_hub_id
 from extract.models import load_model, load_tokenizer, weights_fingerprint
@@ -49,6 +51,7 @@ class Circuit:
     tokenizer: object
     mask: NodeMask  # every node of the model, with its ablation mean; the circuit's gates select the kept ones
     examples: list[TaskExample]  # the test split every reported figure was read on
+    files: RunFiles | None = None  # where the run's other files are (the bridges, for `transfer`)
 
     @property
     def nodes(self) -> dict[str, list[int]]:
@@ -90,6 +93,26 @@ class Circuit:
         return check_circuit(self.model, self.mask, self.gates(), self.examples, self.record["target_loss"],
                              draws, seed)
 
+    def transfer(self, dense_path: str | None = None, random_draws: int | None = None) -> dict:
+        """Recompute the bridged intervention the run reported (`record["transfer"]`): the circuit's edit
+        carried into the dense model through the run's bridges at the site the run chose, on the same test
+        pairs, with as many random node sets (circuits/transfer.py). `dense_path` says where the dense model
+        is when the path the run used does not exist here; its weights must be the ones the run used."""
+        claimed = self.record.get("transfer")
+        if self.role != "sparse" or not claimed or self.files is None:
+            raise CircuitLoadError(f"{self.task} ({self.role}): no bridged intervention was reported for this "
+                                   "circuit (the run had no bridges, or this is not the sparse model's circuit)")
+        source = _model_source(self.files, {"model_path": dense_path or claimed["dense_model"]}, "dense", None)
+        dense = load_model(source).eval()
+        if weights_fingerprint(dense) != claimed["dense_weights"]:
+            raise CircuitLoadError(f"{source.name_or_path}: not the dense model the run bridged to "
+                                   f"(fingerprint {weights_fingerprint(dense)}, the run's {claimed['dense_weights']})")
+        bridges = Bridges.load(_bridges_folder(self.files))
+        device = next(self.model.parameters()).device
+        draws = claimed["random_draws"] if random_draws is None else random_draws
+        return bridged_transfer(dense.to(device), self.model, bridges.to(device), self.mask.sites, self.gates(), [],
+                                self.examples, draws, self.record["prune"]["seed"], site=claimed["site"])
+
     def to(self, device) -> Circuit:
         self.model.to(device)
         self.mask.to(device)
@@ -106,6 +129,12 @@ class Circuit:
         return (f"Circuit({self.task!r} on the {self.role} model: {nodes:,} nodes, {edges:,} edges; "
                 f"reported test loss {loss:.4f} on {len(self.examples)} examples, "
                 f"{claimed.verdict if claimed else 'not checked'} at target {self.record['target_loss']})")
+
+
+def _bridges_folder(files: RunFiles) -> Path:
+    """The folder holding both bridge files (on the Hub, the download's snapshot folder)."""
+    files.model_file(BRIDGES_WEIGHTS)
+    return files.model_file(BRIDGES_CONFIG).parent
 
 
 def _model_source(files: RunFiles, record: dict, role: str, model_path: str | None) -> ModelConfig:
@@ -146,6 +175,6 @@ def load_circuit(repo_or_dir: str | Path, task: str, model: str = "sparse", *, r
                                f"circuit was found on ({record['weights']})")
     means = load_file(files.path(f"{CIRCUITS_DIRNAME}/{record['means_file']}"))
     mask = NodeMask(node_sites(net), means)
-    circuit = Circuit(task, model, record, net, load_tokenizer(cfg), mask, test_examples(record))
+    circuit = Circuit(task, model, record, net, load_tokenizer(cfg), mask, test_examples(record), files)
     circuit.gates()  # a file whose nodes this model does not have is refused now, by name
     return circuit.to(device)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from extract import atomic
+from extract.bridges import Bridges, check_fits, has_bridges
 from extract.circuits.controls import CONTROLS, control_failures
 from extract.circuits.describe import describe_circuit
 from extract.circuits.files import (
@@ -35,6 +36,7 @@ from extract.circuits.find import SPLIT_ROLES, TaskData, find_circuit, geometric
 from extract.circuits.masks import NodeMask
 from extract.circuits.results import RANDOM_INIT, TaskResult, tasks_to_dict
 from extract.circuits.sites import node_sites, site_means
+from extract.circuits.transfer import bridged_transfer
 from extract.data import prepare_heldout
 from extract.errors import MissingFileError
 from extract.models import load_model, load_tokenizer, weights_fingerprint
@@ -257,9 +259,54 @@ def prune_stage(recipe: Recipe, device: torch.device | str, rank: int = 0, world
     compared = tuple(entry.role for entry in real)[:2]
     result = {"target_loss": cfg.target_loss, "splits": SPLIT_ROLES, "tasks": tasks_to_dict(tasks),
               "summary": summarise(tasks, compared)}
+    transfer = bridged_transfers(models, tasks, recipe, out, device, timings)
+    if transfer is not None:
+        result["transfer"] = transfer
     atomic.write_json_atomic(out / SUMMARY_FILE, result)
     plot_loss_vs_edges(curves, cfg.target_loss, out / "loss_vs_edges.png", tasks)
     return result
+
+
+def bridged_transfers(models: list[PrunedModel], tasks: dict[str, dict[str, TaskResult]], recipe: Recipe,
+                      out: Path, device, timings: Timings) -> dict | None:
+    """For every sparse circuit on a task the dense model solves, the bridged intervention's figures
+    (circuits/transfer.py), kept in the circuit's file so a rerun reads them back. None when the run
+    has no bridges (or does not prune both the dense and the sparse model)."""
+    by_role = {entry.role: entry for entry in models}
+    if "dense" not in by_role or "sparse" not in by_role or not has_bridges(by_role["sparse"].path):
+        return None
+    dense, sparse = by_role["dense"], by_role["sparse"]
+    bridges = Bridges.load(sparse.path)
+    check_fits(bridges, sparse.model)
+    dense_source = {"dense_model": dense.path, "dense_weights": weights_fingerprint(dense.model)}
+    figures = {}
+    for task in recipe.tasks:
+        name = task_name(task)
+        results = tasks.get(name, {})
+        path = out / circuit_file(name, "sparse")
+        if not (results.get("dense") and results["dense"].solved and results.get("sparse")
+                and results["sparse"].circuit is not None and path.is_file()):
+            continue
+        record = read_circuit(path)
+        if "transfer" not in record:
+            data = load_task(task, sparse.tokenizer, sparse.model.config.max_position_embeddings, recipe)
+            sites = node_sites(sparse.model)
+            gates = gates_from_record(record, {s.key: s.width for s in sites}, str(path))
+            with timings.part(f"bridged transfer ({name})"):
+                for entry in (dense, sparse):
+                    entry.model.to(device)
+                found = bridged_transfer(dense.model, sparse.model, bridges.to(device), sites, gates,
+                                         data.validation, data.test, seed=recipe.prune.seed)
+                record["transfer"] = None if found is None else {**found, **dense_source}
+                for entry in (dense, sparse):
+                    entry.model.to("cpu")
+            write_circuit(path, record)
+        if record["transfer"] is not None:
+            figures[name] = record["transfer"]
+            log.info("%s: the sparse circuit's edit moves the dense model %.3f of the full patch at %s "
+                     "(random node sets %.3f)", name, record["transfer"]["fraction"], record["transfer"]["site"],
+                     record["transfer"]["random_mean"])
+    return figures
 
 
 def _barrier(world: int) -> None:

@@ -1,0 +1,194 @@
+"""Bridges (extract/bridges.py, extract/bridge_losses.py): the residual stream read and written through
+hooks on every family, identity bridges, each loss term's gradient, and saving them."""
+import copy
+
+import pytest
+import torch
+from families import FAMILIES, VARIANTS, tiny_model
+
+from extract.bridge_losses import bridge_metrics, bridged_losses, hybrid_keys, nmse
+from extract.bridges import Bridges, BridgesError, recording, replacing, residual_sites, residual_stream
+
+
+def _ids(model, batch=2, length=12, seed=0):
+    return torch.randint(0, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_residual_before_each_attention_and_mlp_is_read_and_written_in_place(variant):
+    model = tiny_model(variant)
+    ids = _ids(model)
+    sites = residual_sites(model)
+    parallel = variant == "gpt_neox"  # the tiny GPT-NeoX reads attention and MLP off one stream
+    assert [s.kind for s in sites] == (["attn"] if parallel else ["attn", "mlp"]) * model.config.num_hidden_layers
+    seen = {}
+    with torch.no_grad(), residual_stream(model, sites, recording(seen)):
+        out = model(input_ids=ids, output_hidden_states=True)
+    for site in sites:
+        if site.kind == "attn":  # a block's input is the previous block's output
+            torch.testing.assert_close(seen[site.key], out.hidden_states[site.layer], rtol=0, atol=0)
+    # writing back what was read changes nothing; writing something else changes the logits downstream
+    ramp = torch.linspace(-1, 1, model.config.hidden_size)  # not a constant, which a LayerNorm removes
+    for site in sites:
+        with torch.no_grad(), residual_stream(model, [site], replacing(site.key, lambda h: h.clone())):
+            same = model(input_ids=ids).logits
+        torch.testing.assert_close(same, out.logits, rtol=0, atol=1e-5)
+        with torch.no_grad(), residual_stream(model, [site], replacing(site.key, lambda h: h + ramp)):
+            moved = model(input_ids=ids).logits
+        assert not torch.allclose(moved, out.logits, atol=1e-3), site.key
+
+
+@pytest.mark.parametrize("variant", FAMILIES)
+def test_identity_bridges_make_every_hybrid_pass_the_dense_model(variant):
+    dense = tiny_model(variant)
+    sparse = copy.deepcopy(dense)  # step 0: the sparse model starts as the dense one
+    bridges = Bridges.for_models(dense, sparse)
+    sites, ids = residual_sites(sparse), _ids(dense)
+    with torch.no_grad():
+        losses = bridged_losses(sparse, dense, bridges, sites, ids, hybrid_keys(bridges.keys, "all", 0, 0))
+        metrics = bridge_metrics(sparse, dense, bridges, ids)
+    for value in (losses.kl, losses.nmse, losses.kl_dense_to_sparse, losses.kl_sparse_to_dense):
+        assert abs(float(value)) < 1e-6
+    assert set(metrics) == set(bridges.keys)
+    assert all(abs(v) < 1e-6 for row in metrics.values() for v in row.values())
+
+
+def test_random_bridges_start_far_from_the_dense_model():
+    dense = tiny_model("gpt2")
+    torch.manual_seed(0)
+    bridges = Bridges.for_models(dense, copy.deepcopy(dense), init="random")
+    with torch.no_grad():
+        losses = bridged_losses(copy.deepcopy(dense), dense, bridges, residual_sites(dense), _ids(dense),
+                                hybrid_keys(bridges.keys, "all", 0, 0))
+    assert float(losses.nmse) > 0.5 and float(losses.kl_dense_to_sparse) > 1e-3
+
+
+def test_each_term_reaches_only_what_it_should():
+    """NMSE: every encoder, decoder and the sparse model. Dense->sparse KL at site i: encoder i and the
+    sparse model after it, no decoder. Sparse->dense KL: decoder i and the sparse model before it, no
+    encoder. The frozen dense model: nothing."""
+    dense = tiny_model("gpt2").requires_grad_(False)
+    sparse = tiny_model("gpt2", seed=1)
+    bridges = Bridges.for_models(dense, sparse, init="random")
+    sites, ids, key = residual_sites(sparse), _ids(dense), "1.attn"
+
+    def reached(module) -> set[str]:
+        return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+    def grads(term: str) -> tuple[set[str], set[str]]:
+        sparse.zero_grad(set_to_none=True)
+        bridges.zero_grad(set_to_none=True)
+        getattr(bridged_losses(sparse, dense, bridges, sites, ids, ([key], [key])), term).backward()
+        return reached(sparse), reached(bridges)
+
+    layer0, layer1 = "transformer.h.0.", "transformer.h.1."
+    model_grads, bridge_grads = grads("nmse")
+    assert bridge_grads == {n for n, _ in bridges.named_parameters()} and layer0 + "attn.c_attn.weight" in model_grads
+    model_grads, bridge_grads = grads("kl_dense_to_sparse")
+    assert bridge_grads == {"encoders.1_attn.weight", "encoders.1_attn.bias"}
+    assert not any(n.startswith(layer0) for n in model_grads) and layer1 + "attn.c_attn.weight" in model_grads
+    model_grads, bridge_grads = grads("kl_sparse_to_dense")
+    assert bridge_grads == {"decoders.1_attn.weight", "decoders.1_attn.bias"}
+    assert layer0 + "mlp.c_fc.weight" in model_grads and not any(n.startswith(layer1) for n in model_grads)
+    assert all(p.grad is None for p in dense.parameters())
+
+
+def test_sampled_sites_are_fixed_by_seed_and_step_and_cover_every_site():
+    keys = [f"{layer}.{kind}" for layer in range(4) for kind in ("attn", "mlp")]
+    assert hybrid_keys(keys, "sampled", 0, 7) == hybrid_keys(keys, "sampled", 0, 7)
+    drawn = {k for step in range(200) for side in hybrid_keys(keys, "sampled", 0, step) for k in side}
+    assert drawn == set(keys)
+    assert hybrid_keys(keys, "all", 0, 3) == (keys, keys)
+
+
+def test_abstopk_keeps_the_largest_magnitudes_per_position():
+    from extract.bridges import abs_topk
+
+    x = torch.tensor([[3.0, -5.0, 1.0, 0.5], [0.1, 0.2, -0.3, 4.0]])
+    assert torch.equal(abs_topk(x, 2), torch.tensor([[3.0, -5.0, 0.0, 0.0], [0.0, 0.0, -0.3, 4.0]]))
+    assert abs_topk(x, None) is x
+
+
+def test_nmse_is_one_for_predicting_the_mean():
+    target = torch.randn(3, 5, 8)
+    mean = target.reshape(-1, 8).mean(0).expand_as(target)
+    assert float(nmse(mean, target)) == pytest.approx(1.0, rel=1e-5)
+    assert float(nmse(target, target)) == 0.0
+
+
+def test_bridges_save_and_load_and_refuse_a_model_they_do_not_fit(tmp_path):
+    from extract.bridges import check_fits
+
+    dense = tiny_model("llama")
+    bridges = Bridges.for_models(dense, dense, topk=5, init="random")
+    bridges.save(tmp_path)
+    loaded = Bridges.load(tmp_path)
+    assert loaded.topk == 5 and loaded.keys == bridges.keys
+    for (name, a), (_, b) in zip(bridges.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    check_fits(loaded, dense)
+    with pytest.raises(BridgesError, match="width"):
+        check_fits(loaded, tiny_model("llama", hidden_size=32, num_attention_heads=4))
+    with pytest.raises(BridgesError, match="no bridges"):
+        Bridges.load(tmp_path / "elsewhere")
+    (tmp_path / "bridges.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(BridgesError, match="do not load"):
+        Bridges.load(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_bridged_run_saves_its_bridges_and_resumes_bit_identically(write_recipe, tmp_path):
+    import json
+    import shutil
+
+    from conftest import run_cli
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(train={"steps": 12, "checkpoint_every": 4, "eval_every": 12, "log_every": 2},
+                          bridges={"enabled": True, "topk": 16})
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    model_dir = tmp_path / "out" / "model"
+    first = {name: load_file(model_dir / name) for name in ("model.safetensors", "bridges.safetensors")}
+    assert json.loads((model_dir / "bridges.json").read_text())["topk"] == 16
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert all(row["bridge_nmse"] >= 0 and row["bridge_kl_sparse_to_dense"] >= 0 for row in log if "ce" in row)
+    assert log[0]["bridge_nmse"] > 0  # AbsTopK at 16 of 32 channels: the identity encoder is not exact
+    shutil.rmtree(model_dir)  # the rerun resumes from the step-8 checkpoint
+    assert "resuming from" in run_cli("--recipe", recipe, "--stage", "sparsify").stdout
+    for name, weights in first.items():
+        again = load_file(model_dir / name)
+        assert weights.keys() == again.keys()
+        for key in weights:
+            assert torch.equal(weights[key], again[key]), (name, key)
+
+
+@pytest.mark.slow
+def test_the_embedded_model_with_bridges_reports_and_reloads_each_circuits_transfer(tmp_path):
+    """Sparsify the embedded model with bridges (few steps, a low lr: the sparse model still solves the
+    task), prune one task from both models: the report, the card and the page show the bridges' fit and
+    the circuit's transfer against its random control, and `load_circuit(...).transfer()` recomputes it."""
+    import json
+
+    from conftest import run_cli
+
+    from extract import load_circuit
+
+    out = tmp_path / "run"
+    run_cli("--recipe", "tiny-python-bridges", f"output_dir={out}", "train.steps=4", "train.checkpoint_every=2",
+            "train.eval_every=4", "optim.lr=1e-5", "sparsity.target_density=0.5", "sparsity.embedding_density=null",
+            "tasks=[while_return_true]", "prune.train_pairs=100", "prune.validation_pairs=20", "prune.test_pairs=20",
+            "prune.steps=30", "prune.random_model_control=false", "prune.nonsense_control=false",
+            "prune.attribution_baseline=false", "prune.random_draws=1", "eval.quote_examples=0",
+            "data.heldout_blocks=4")
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["bridges"]) == {f"{layer}.{kind}" for layer in range(4) for kind in ("attn", "mlp")}
+    reported = report["transfer"]["while_return_true"]
+    assert reported["per_site"]["0.attn"] == 0.0  # before every node: no edit reaches the embeddings
+    assert reported["random_draws"] == 10 and 0 < reported["fraction"] <= 1.5
+    for page in ("report.md", "model/README.md", "report.html"):
+        text = (out / page).read_text()
+        assert "Bridges" in text and "while_return_true: the sparse circuit" in text, page
+    recomputed = load_circuit(out, "while_return_true").transfer()
+    assert recomputed["site"] == reported["site"]
+    assert recomputed["fraction"] == pytest.approx(reported["fraction"], abs=1e-6)
+    assert recomputed["random_mean"] == pytest.approx(reported["random_mean"], abs=1e-6)
