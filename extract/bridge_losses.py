@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from extract.bridges import Bridges, ResidualSite, recording, replacing, residual_stream
+from extract.bridges import Bridges, ResidualSite, recording, replacing, residual_sites, residual_stream
 from extract.losses import kl_to_teacher, next_token_logp
 
 
@@ -80,8 +80,6 @@ def _hybrid_kl(model, sites, key: str, value, input_ids, dense_logits) -> torch.
 def bridge_metrics(student, teacher, bridges: Bridges, blocks: torch.Tensor, batch_size: int = 8) -> dict:
     """Per site, on `blocks` of held-out text: the encoder's and the decoder's NMSE and both hybrid KLs
     (every site, no sampling), each the mean over batches."""
-    from extract.bridges import residual_sites
-
     sites, device = residual_sites(student), next(student.parameters()).device
     sums: dict[str, dict[str, float]] = {k: {"encoder_nmse": 0.0, "decoder_nmse": 0.0, "kl_dense_to_sparse": 0.0,
                                              "kl_sparse_to_dense": 0.0} for k in bridges.keys}

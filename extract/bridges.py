@@ -159,10 +159,14 @@ class Bridges(torch.nn.Module):
 
     @torch.no_grad()
     def set_identity(self) -> None:
-        """Encoders and decoders that copy the shared first channels (the identity at equal widths)."""
+        """Bridges that are exact at step 0: the identity at equal widths. Into a wider sparse model
+        (extract/widen.py) the encoder copies the dense residual into the first channels and its mean
+        into the rest, as the widened model carries it; the decoder reads the first channels back."""
         for linear in (*self.encoders.values(), *self.decoders.values()):
             linear.weight.copy_(torch.eye(*linear.weight.shape))
             linear.bias.zero_()
+        for encoder in self.encoders.values():
+            encoder.weight[self.dense_width :] = 1.0 / self.dense_width
 
     def encode(self, key: str, dense_h: torch.Tensor) -> torch.Tensor:
         return abs_topk(self.encoders[_name(key)](dense_h), self.topk)

@@ -72,6 +72,9 @@ class ModelConfig:
     # A control (bench/bench_init.py): sparsify a freshly initialised model of the checkpoint's shape,
     # still distilled from the checkpoint, to measure what starting from its weights is worth.
     random_start: bool = False
+    # Sparsify a copy this many times wider (residual stream, attention and MLP) that computes the dense
+    # model's function at step 0 (extract/widen.py; GPT-2 only). Lower the densities to keep the nonzeros.
+    width_multiplier: int = field(default=1, metadata=POSITIVE_INT)
 
 
 @dataclass
@@ -402,6 +405,9 @@ def validate(recipe: Recipe) -> list[str]:
     if s.refit_every > 0 and (loss.kl_weight <= 0 or recipe.model.init_config is not None):
         problems.append("sparsity.refit_every: refits to the dense model's outputs, so it needs the dense teacher "
                         f"(loss.kl_weight > 0), got {s.refit_every!r}")
+    if recipe.model.width_multiplier > 1 and (recipe.model.init_config is not None or loss.kl_weight <= 0):
+        problems.append("model.width_multiplier: widens a checkpoint distilled from itself, so it needs the dense "
+                        f"teacher (loss.kl_weight > 0), got {recipe.model.width_multiplier!r}")
     if recipe.model.random_start and (recipe.model.init_config is not None or loss.kl_weight <= 0):
         problems.append("model.random_start: needs a checkpoint to distil from "
                         "(model.name_or_path, loss.kl_weight > 0)")

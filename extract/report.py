@@ -96,7 +96,10 @@ def write_report(recipe: Recipe, recipe_file: str, device: torch.device | str) -
                        target_density=recipe.sparsity.target_density)
         if teacher is not None:
             section["loss_ratio"] = section["heldout_loss"] / report["dense"]["heldout_loss"]
-            if len(heldout) >= 2:  # half fits the representation map, half scores it
+            if trained.config.hidden_size != teacher.config.hidden_size:
+                log.info("no fidelity figures: they compare weights tensor by tensor, and this sparse model is "
+                         "wider than the dense one (model.width_multiplier; its bridges are measured instead)")
+            elif len(heldout) >= 2:  # half fits the representation map, half scores it
                 log.info("measuring the sparse model's fidelity to the dense one")
                 report["fidelity"] = fidelity(teacher, trained, heldout[:FIDELITY_BLOCKS, :FIDELITY_TOKENS],
                                               recipe.sparsity.embeddings, recipe.sparsity.min_per_unit)

@@ -44,6 +44,7 @@ from extract.recipe import OptimConfig, Recipe, RecipeError
 from extract.refit import refit_to_teacher
 from extract.sparsifier import Sparsifier, StepDensities, budget_densities
 from extract.sparsity import base_lr_factor, density_floor, rescale_gradients_to_unit_rms
+from extract.widen import widen
 
 Phase = Callable[[str], ContextManager]
 
@@ -189,9 +190,6 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         raise RecipeError("sparsity.refit_every: not supported under FSDP2 yet (a refit solves whole matrices, "
                           "which FSDP2 shards); set it to 0")
     _check_bridges_supported(recipe, accelerator)
-    if recipe.sparsity.enabled:  # before the data: a budget error then costs seconds
-        budget_densities(sparse_tensors(model, recipe.sparsity.embeddings), recipe.sparsity,
-                         recipe.model.name_or_path)
     teacher = None
     if recipe.loss.kl_weight > 0:  # sharded like the student under FSDP
         teacher = fsdp.shard_frozen(accelerator, copy.deepcopy(model).eval().requires_grad_(False))
@@ -200,6 +198,10 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     if recipe.model.random_start:  # the control: the checkpoint's shape and teacher, not its weights
         with torch.random.fork_rng():  # drawn without moving the generator, so the data order is the same
             model = random_like(model)
+    model = widen(model, recipe.model.width_multiplier)  # the same function, m times wider (1: unchanged)
+    if recipe.sparsity.enabled:  # before the data: a budget error then costs seconds
+        budget_densities(sparse_tensors(model, recipe.sparsity.embeddings), recipe.sparsity,
+                         recipe.model.name_or_path)
     bridges = None
     if recipe.bridges.enabled:
         with torch.random.fork_rng():  # as above: a run with bridges sees the same batches as one without

@@ -68,7 +68,7 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "prune.k_coef_fallbacks": [-1], "prune.penalty": "adaptive", "prune.loss_budget": 0, "prune.penalty_rate": 0,
     "prune.init_tau": 0, "prune.size_tolerance": 1, "loss.hidden_weight": -1, "sparsity.refit_every": -1,
     "sparsity.refit_blocks": 0, "hub.repo_id": "no-namespace", "bridges.nmse_weight": -1,
-    "bridges.hybrid_kl_weight": -1, "bridges.topk": 0, "bridges.hybrid_sites": "some",
+    "bridges.hybrid_kl_weight": -1, "bridges.topk": 0, "bridges.hybrid_sites": "some", "model.width_multiplier": 0,
 }
 
 
@@ -125,6 +125,8 @@ def test_both_loss_weights_zero_and_a_teacherless_kl_are_refused():
         load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "bridges.enabled=true"])
     with pytest.raises(RecipeError, match="bridges.enabled: bridges join"):
         load_recipe("tiny-python", ["sparsity.enabled=false", "bridges.enabled=true"])
+    with pytest.raises(RecipeError, match="model.width_multiplier: widens a checkpoint distilled from itself"):
+        load_recipe("tiny-python", ["loss.ce_weight=1", "loss.kl_weight=0", "model.width_multiplier=2"])
 
 
 @pytest.mark.parametrize("setting", ["train.compile=true", "train.gradient_checkpointing=true"])

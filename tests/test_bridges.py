@@ -192,3 +192,103 @@ def test_the_embedded_model_with_bridges_reports_and_reloads_each_circuits_trans
     assert recomputed["site"] == reported["site"]
     assert recomputed["fraction"] == pytest.approx(reported["fraction"], abs=1e-6)
     assert recomputed["random_mean"] == pytest.approx(reported["random_mean"], abs=1e-6)
+
+
+@pytest.mark.parametrize("multiplier", [2, 3])
+def test_a_widened_model_and_its_identity_bridges_compute_the_dense_model_at_step_0(multiplier):
+    from extract.widen import widen
+
+    dense = tiny_model("gpt2")
+    wide = widen(dense, multiplier).eval()
+    assert wide.config.n_embd == multiplier * dense.config.n_embd
+    assert wide.config.n_inner == multiplier * dense.config.n_inner
+    ids = _ids(dense)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(input_ids=ids).logits, dense(input_ids=ids).logits, rtol=0, atol=1e-5)
+        bridges = Bridges.for_models(dense, wide)
+        losses = bridged_losses(wide, dense, bridges, residual_sites(wide), ids, hybrid_keys(bridges.keys, "all", 0, 0))
+    for value in (losses.kl, losses.kl_dense_to_sparse, losses.kl_sparse_to_dense):
+        assert abs(float(value)) < 1e-6
+    assert float(losses.nmse) < 1e-6  # the encoder predicts the wider stream, mean channels included
+
+
+def test_widening_leaves_the_random_generator_and_refuses_other_families():
+    from extract.widen import WidenError, widen
+
+    dense = tiny_model("gpt2")
+    torch.manual_seed(5)
+    widen(dense, 2)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after)  # the data order of a widened run is the plain run's
+    assert widen(tiny_model("llama"), 1) is not None
+    with pytest.raises(WidenError, match="only GPT-2"):
+        widen(tiny_model("llama"), 2)
+
+
+@pytest.mark.slow
+def test_a_widened_bridged_run_saves_a_wider_model_with_bridges_of_both_widths(write_recipe, tmp_path):
+    import json
+
+    from conftest import run_cli
+    from transformers import AutoModelForCausalLM
+
+    recipe = write_recipe(train={"steps": 6, "checkpoint_every": 3, "eval_every": 6},
+                          model={"width_multiplier": 2}, bridges={"enabled": True})
+    run_cli("--recipe", recipe, "--stage", "sparsify")
+    run_cli("--recipe", recipe, "--stage", "report")
+    model_dir = tmp_path / "out" / "model"
+    assert AutoModelForCausalLM.from_pretrained(model_dir).config.n_embd == 64  # the tiny model is 32 wide
+    assert json.loads((model_dir / "bridges.json").read_text())["sparse_width"] == 64
+    log = [json.loads(line) for line in (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["kl"] < 1e-3  # step 1 ran the dense function, only the first projection moved it
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert "fidelity" not in report and set(report["bridges"]) == {"0.attn", "0.mlp", "1.attn", "1.mlp"}
+
+
+TWO_PROCESS_SCRIPT = """
+import sys
+from safetensors.torch import save_file
+import extract.train as train_module
+from extract.recipe import load_recipe
+
+recipe = load_recipe(sys.argv[1])[0]
+accelerator = train_module.make_accelerator(recipe)
+saved = train_module.save_final
+
+def save_each_replica(run):  # every process's own bridges and model, to compare across processes
+    rank = run.accelerator.process_index
+    for name, module in (("bridges", run.bridges), ("model", run.raw_model)):
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items() if "lm_head" not in k},
+                  f"{recipe.output_dir}/{name}-rank{rank}.safetensors")
+    return saved(run)
+
+train_module.save_final = save_each_replica
+train_module.train(recipe, accelerator)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_set_of_bridges(write_recipe, tmp_path):
+    """Under DDP (two gloo processes) the bridges sit outside Accelerate's wrapper and their gradients
+    are averaged by hand: both processes must end with the same bridges, and the same model."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from safetensors.torch import load_file
+
+    recipe = write_recipe(train={"steps": 6, "checkpoint_every": 6, "eval_every": 6}, bridges={"enabled": True})
+    script = tmp_path / "two.py"
+    script.write_text(TWO_PROCESS_SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", "29537", str(script), str(recipe)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("bridges", "model"):
+        first, second = (load_file(tmp_path / "out" / f"{name}-rank{rank}.safetensors") for rank in (0, 1))
+        for key in first:
+            assert torch.equal(first[key], second[key]), (name, key)
+    trained = load_file(tmp_path / "out" / "bridges-rank0.safetensors")
+    assert not torch.equal(trained["encoders.0_attn.weight"], torch.eye(32))  # the bridges did train

@@ -1,0 +1,89 @@
+"""A sparse model wider than the dense one (issue 32, item 3): `model.width_multiplier`.
+
+Gao et al. find that a larger sparse model at the same number of nonzeros reaches a better loss with
+smaller circuits; bridges make the two widths independent. `widen` builds a GPT-2 whose residual
+stream, attention and MLP are m times wider and which computes the dense model's function exactly at
+step 0 (up to rounding), so sparsifying still starts from the dense model:
+
+- the dense weights sit in the first channels of every residual, attention and MLP axis; each
+  attention head keeps its channels at the front of its wider slot, with its queries scaled by
+  sqrt(m) so that GPT-2's 1/sqrt(head_dim) scaling is unchanged;
+- the extra residual channels carry the mean of the original ones: every residual write (embeddings,
+  attention and MLP outputs) writes its own mean there. A LayerNorm over the wider stream then sees
+  the same mean and 1/m of the variance, which the norms' gains (divided by sqrt(m)) and epsilon
+  (divided by m) undo; the normalised extra channels are exactly zero, and nothing reads them yet;
+- extra MLP neurons have zero weights in and out.
+The bridges' encoders start as that map (the dense residual, then its mean in the extra channels) and
+the decoders as the projection onto the first channels (extract/bridges.py).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from extract.arch import family_of
+from extract.errors import UserError
+
+
+class WidenError(UserError, ValueError):
+    """A model the width multiplier cannot widen exactly."""
+
+
+def _with_mean_channels(weight: torch.Tensor, extra: int) -> torch.Tensor:
+    """(rows, d) -> (rows, d + extra): each row's mean over its d columns, repeated in the new columns."""
+    return torch.cat([weight, weight.mean(-1, keepdim=True).expand(*weight.shape[:-1], extra)], dim=-1)
+
+
+def _padded(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """`t` in the leading corner of a zero tensor of `shape`."""
+    out = torch.zeros(shape, dtype=t.dtype)
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
+def _head_positions(heads: int, head_dim: int, multiplier: int) -> torch.Tensor:
+    """Where each original attention channel (head h, channel c) sits in the wider layout."""
+    return torch.tensor([h * head_dim * multiplier + c for h in range(heads) for c in range(head_dim)])
+
+
+@torch.no_grad()
+def widen(model, multiplier: int):
+    """A copy of `model` (a GPT-2) `multiplier` times wider that computes the same function."""
+    if multiplier == 1:
+        return model
+    if family_of(model).name != "gpt2":
+        raise WidenError(f"model.width_multiplier: only GPT-2 models can be widened yet, got a "
+                         f"{model.config.model_type} model")
+    c = model.config
+    d, heads = c.n_embd, c.n_head
+    head_dim, d_mlp = d // heads, c.n_inner or 4 * d
+    config = copy.deepcopy(c)
+    config.n_embd, config.n_inner, config.layer_norm_epsilon = d * multiplier, d_mlp * multiplier, \
+        c.layer_norm_epsilon / multiplier
+    with torch.random.fork_rng():  # every weight is overwritten; the data order must not move
+        wide = type(model)(config).to(next(model.parameters()).dtype)
+    old, new = model.state_dict(), {}
+    extra, positions = d * (multiplier - 1), _head_positions(heads, head_dim, multiplier)
+    q_scale = math.sqrt(multiplier) if c.scale_attn_weights else 1.0
+    for name, t in old.items():
+        target = wide.state_dict()[name].shape
+        if name.endswith(("wte.weight", "wpe.weight")) or name.endswith(("c_proj.weight", "c_proj.bias")):
+            t = _with_mean_channels(t, extra)  # residual writes: their mean in the extra channels
+            if name.endswith("attn.c_proj.weight"):  # rows are value channels: into the wider head layout
+                t = torch.zeros(target, dtype=t.dtype).index_copy(0, positions, t)
+        elif ".ln_" in name or name.startswith("transformer.ln_f"):
+            t = t / math.sqrt(multiplier) if name.endswith("weight") else t
+        elif name.endswith(("c_attn.weight", "c_attn.bias")):
+            parts = list(t.split(d, dim=-1))  # q | k | v
+            parts[0] = parts[0] * q_scale
+            wider = [torch.zeros(*t.shape[:-1], d * multiplier, dtype=t.dtype).index_copy(-1, positions, p)
+                     for p in parts]
+            t = torch.cat(wider, dim=-1)
+        elif name == "lm_head.weight":
+            continue  # tied to wte
+        new[name] = _padded(t, target)
+    wide.load_state_dict(new, strict=False)
+    wide.tie_weights()
+    return wide.train(model.training)
