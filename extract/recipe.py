@@ -143,6 +143,8 @@ class BridgesConfig:
     back into the dense model (the prune stage's bridged interventions)."""
 
     enabled: bool = False
+    # Their own learning rate (the run's warm-up and decay, no sharkfin): the sparsifying lr makes them noise
+    lr: float = field(default=1e-3, metadata=POSITIVE_NUMBER)
     nmse_weight: float = field(default=1.0, metadata=at_least(0))  # encoder and decoder reconstruction, summed
     hybrid_kl_weight: float = field(default=1.0, metadata=at_least(0))  # each of the two hybrid passes' KL
     # "sampled": one site per direction per step, drawn by (seed, step), an unbiased estimate of the mean

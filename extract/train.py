@@ -91,13 +91,16 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     return accelerator
 
 
-def build_optimizer(model, optim: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    # Weight decay on matrices (and embeddings), none on biases and norm gains.
+def build_optimizer(model, optim: OptimConfig, device: torch.device, bridges=None) -> torch.optim.Optimizer:
+    # Weight decay on matrices (and embeddings), none on biases and norm gains. Bridges get groups of
+    # their own (marked "bridges"), with their own learning rate and no decay.
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if bridges is not None:
+        groups.append({"params": list(bridges.parameters()), "weight_decay": 0.0, "bridges": True})
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=optim.lr, betas=optim.betas, eps=optim.eps,
+        groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
         # On a GPU torch's default (foreach) makes full-size temporaries of the moments, 4 or more
         # bytes per parameter at the step; the fused kernel makes none. CPUs keep the per-tensor loop.
         fused=device.type == "cuda",
@@ -127,6 +130,13 @@ def learning_rate(recipe: Recipe, step: int, densities: StepDensities | None) ->
     if densities is not None:
         lr *= densities.lr_factor
     return lr
+
+
+def bridges_learning_rate(recipe: Recipe, step: int) -> float:
+    """The bridges' own lr, with the run's warm-up and decay but not the sharkfin: Adam moves every
+    weight by about the lr a step, and bridges that start exact at the sparsifying lr are noise within
+    a few hundred steps (docs/bridges.md)."""
+    return recipe.bridges.lr * base_lr_factor(step / recipe.train.steps, recipe.optim.warmup_fraction)
 
 
 def hidden_weight(recipe: Recipe, step: int) -> float:
@@ -214,8 +224,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     model.train()
     if recipe.train.gradient_checkpointing:
         _enable_activation_checkpointing(model)
-    trained = model if bridges is None else torch.nn.ModuleList([model, bridges])  # bridges: one optimizer
-    optimizer = build_optimizer(trained, recipe.optim, accelerator.device)
+    optimizer = build_optimizer(model, recipe.optim, accelerator.device, bridges)
     with phase("prepare (shard)"):
         model, optimizer, loader = accelerator.prepare(model, optimizer, _loader(train_blocks, recipe))
     raw_model = accelerator.unwrap_model(model, keep_torch_compile=False)
@@ -269,7 +278,7 @@ def train(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         densities = run.sparsifier.before_step(state.step) if run.sparsifier else None
         lr = learning_rate(recipe, state.step, densities)
         for group in run.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = bridges_learning_rate(recipe, state.step) if group.get("bridges") else lr
         # forward and backward over the micro-batches
         losses = _forward_backward(run, hidden_weight(recipe, state.step))
         # rescale to RMS 1, optimizer step, then the projection to the step's densities

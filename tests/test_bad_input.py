@@ -69,6 +69,7 @@ IMPOSSIBLE = {  # one value per check in recipe.validate; the last test keeps th
     "prune.init_tau": 0, "prune.size_tolerance": 1, "loss.hidden_weight": -1, "sparsity.refit_every": -1,
     "sparsity.refit_blocks": 0, "hub.repo_id": "no-namespace", "bridges.nmse_weight": -1,
     "bridges.hybrid_kl_weight": -1, "bridges.topk": 0, "bridges.hybrid_sites": "some", "model.width_multiplier": 0,
+    "bridges.lr": 0,
 }
 
 

@@ -292,3 +292,22 @@ def test_two_processes_train_one_set_of_bridges(write_recipe, tmp_path):
             assert torch.equal(first[key], second[key]), (name, key)
     trained = load_file(tmp_path / "out" / "bridges-rank0.safetensors")
     assert not torch.equal(trained["encoders.0_attn.weight"], torch.eye(32))  # the bridges did train
+
+
+def test_bridges_train_at_their_own_learning_rate_without_the_sharkfin():
+    from extract.recipe import load_recipe
+    from extract.sparsifier import Sparsifier
+    from extract.train import bridges_learning_rate, build_optimizer, learning_rate
+
+    recipe = load_recipe("tiny-python-bridges", ["bridges.lr=0.002"])[0]
+    dense = tiny_model("gpt2")
+    bridges = Bridges.for_models(dense, dense)
+    optimizer = build_optimizer(dense, recipe.optim, torch.device("cpu"), bridges)
+    marked = [g for g in optimizer.param_groups if g.get("bridges")]
+    assert len(marked) == 1 and marked[0]["weight_decay"] == 0.0
+    assert {id(p) for p in marked[0]["params"]} == {id(p) for p in bridges.parameters()}
+    sparsifier = Sparsifier(dense, recipe.sparsity, recipe.train.steps, "tiny")
+    step = recipe.train.steps // 4  # in the anneal: the model's lr carries the sharkfin factor, the bridges' not
+    model_lr = learning_rate(recipe, step, sparsifier.before_step(step))
+    assert bridges_learning_rate(recipe, step) == pytest.approx(0.002 * model_lr / (
+        recipe.optim.lr * sparsifier.before_step(step).lr_factor))
