@@ -1,7 +1,8 @@
 """The price of bridges (issue 32): step time and loss reached, without bridges, with the sampled hybrid
-estimator (one site per direction per step) and with the full sum over sites.
+estimator (one site per direction per step), with the full sum over sites, and with the sampled
+estimator from randomly initialised bridges rather than the identity.
 
-    python bench/bench_bridges.py [--steps 30] [--variants none sampled all] [--work DIR] [--json FILE]
+    python bench/bench_bridges.py [--steps 30] [--variants none sampled all random-init] [--work DIR] [--json FILE]
 
 Each variant sparsifies the embedded default for `--steps` steps (eager, the recipe's seed, so every
 variant sees the same batches) into WORK/VARIANT and reads its training log: the median time per step
@@ -20,7 +21,8 @@ from pathlib import Path
 from default_runs import finish, machine, run
 
 VARIANTS = {"none": [], "sampled": ["bridges.enabled=true", "bridges.hybrid_sites=sampled"],
-            "all": ["bridges.enabled=true", "bridges.hybrid_sites=all"]}
+            "all": ["bridges.enabled=true", "bridges.hybrid_sites=all"],
+            "random-init": ["bridges.enabled=true", "bridges.hybrid_sites=sampled", "bridges.init=random"]}
 
 
 def measure(work: Path, variant: str, steps: int) -> dict:

@@ -84,7 +84,8 @@ def row(density: Fraction, rep: dict, dense_tasks: dict) -> dict:
             "seconds": rep["bench_seconds"]}
 
 
-def plot(result: dict, path: Path) -> None:
+def plot(result: dict, path: Path, extra: list[tuple[str, float, float, str]] = ()) -> None:
+    """Held-out loss against circuit edges; `extra` adds (label, edges, loss, marker) points (bench_width.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +105,8 @@ def plot(result: dict, path: Path) -> None:
     if dense_edges:
         ax.plot([dense_edges], [result["dense_heldout_loss"]], "s", color="black",
                 label="dense model" + ("" if common else f" ({len(own)} circuits)"))
+    for name, edges, loss, marker in extra:
+        ax.plot([edges], [loss], marker, color="tab:red", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("circuit edges at the target loss (geometric mean, test split)")
     ax.set_ylabel("held-out loss (nats/token)")

@@ -52,11 +52,9 @@ def bridged_losses(student, teacher, bridges: Bridges, sites: list[ResidualSite]
                    keys: tuple[list[str], list[str]], forward=None) -> BridgedLosses:
     """Every term for one batch. `student` is the plain module the hooks attach to; `forward` the one
     to call for the main pass (Accelerate's wrapper), by default `student` itself."""
-    sparse_h, dense_h = {}, {}
-    with residual_stream(student, sites, recording(sparse_h)), residual_stream(teacher, sites, recording(dense_h)):
-        student_logp = next_token_logp((forward or student)(input_ids=input_ids))
-        with torch.no_grad():
-            dense_logits = teacher(input_ids=input_ids).logits
+    output, sparse_h, dense_h, dense_logits = _both_residuals(student, teacher, sites, input_ids, forward)
+    student_logp = next_token_logp(output)
+    del output  # the logits: the hybrid passes below need the memory
     ce = F.nll_loss(student_logp.flatten(0, 1), input_ids[:, 1:].flatten())
     kl = kl_to_teacher(student_logp, dense_logits)
     del student_logp
@@ -68,6 +66,17 @@ def bridged_losses(student, teacher, bridges: Bridges, sites: list[ResidualSite]
     kl_s2d = torch.stack([_hybrid_kl(teacher, sites, k, lambda h, k=k: bridges.decode(k, sparse_h[k]), input_ids,
                                      dense_logits) for k in into_dense]).mean()
     return BridgedLosses(ce, kl, reconstruction, kl_d2s, kl_s2d)
+
+
+def _both_residuals(student, teacher, sites, input_ids, forward=None):
+    """One pass of each model recording its residual at every site: (student output, sparse residuals,
+    dense residuals, dense logits). The dense pass takes no gradient."""
+    sparse_h, dense_h = {}, {}
+    with residual_stream(student, sites, recording(sparse_h)), residual_stream(teacher, sites, recording(dense_h)):
+        output = (forward or student)(input_ids=input_ids)
+        with torch.no_grad():
+            dense_logits = teacher(input_ids=input_ids).logits
+    return output, sparse_h, dense_h, dense_logits
 
 
 def _hybrid_kl(model, sites, key: str, value, input_ids, dense_logits) -> torch.Tensor:
@@ -85,10 +94,7 @@ def bridge_metrics(student, teacher, bridges: Bridges, blocks: torch.Tensor, bat
                                              "kl_sparse_to_dense": 0.0} for k in bridges.keys}
     batches = [blocks[i : i + batch_size].to(device) for i in range(0, len(blocks), batch_size)]
     for ids in batches:
-        sparse_h, dense_h = {}, {}
-        with residual_stream(student, sites, recording(sparse_h)), residual_stream(teacher, sites, recording(dense_h)):
-            student(input_ids=ids)
-            dense_logits = teacher(input_ids=ids).logits
+        _, sparse_h, dense_h, dense_logits = _both_residuals(student, teacher, sites, ids)
         for k in bridges.keys:
             row = sums[k]
             row["encoder_nmse"] += float(nmse(bridges.encode(k, dense_h[k]), sparse_h[k])) / len(batches)

@@ -18,7 +18,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ContextManager
 
@@ -167,10 +167,7 @@ class Run:
     session_start: float  # wall time counts set-up (data, models, compilation) too
     phase: Phase = no_phases
     bridges: Bridges | None = None  # trained beside the model (recipe bridges:), outside Accelerate's wrappers
-
-    @property
-    def bridge_sites(self):
-        return residual_sites(self.raw_model)
+    bridge_sites: list = field(default_factory=list)  # the residual sites the bridges join, found once
 
     @property
     def saved_modules(self) -> dict[str, torch.nn.Module]:
@@ -208,7 +205,7 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
     if recipe.model.random_start:  # the control: the checkpoint's shape and teacher, not its weights
         with torch.random.fork_rng():  # drawn without moving the generator, so the data order is the same
             model = random_like(model)
-    model = widen(model, recipe.model.width_multiplier)  # the same function, m times wider (1: unchanged)
+    model = widen(model, recipe.model.width_multiplier, recipe.train.seed)  # the same function, m times wider
     if recipe.sparsity.enabled:  # before the data: a budget error then costs seconds
         budget_densities(sparse_tensors(model, recipe.sparsity.embeddings), recipe.sparsity,
                          recipe.model.name_or_path)
@@ -244,7 +241,8 @@ def setup(recipe: Recipe, accelerator: Accelerator, phase: Phase = no_phases) ->
         rows = itertools.islice(train_blocks.with_format("torch"), recipe.sparsity.refit_blocks)
         calibration = torch.stack([row["input_ids"] for row in rows]).to(accelerator.device)
     return Run(recipe, accelerator, tokenizer, model, raw_model, teacher, optimizer, _batches(loader, epoch, skip),
-               heldout, sparsifier, calibration, state, session_start, phase, bridges)
+               heldout, sparsifier, calibration, state, session_start, phase, bridges,
+               residual_sites(raw_model) if bridges is not None else [])
 
 
 def _check_bridges_supported(recipe: Recipe, accelerator: Accelerator) -> None:

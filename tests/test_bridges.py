@@ -212,6 +212,34 @@ def test_a_widened_model_and_its_identity_bridges_compute_the_dense_model_at_ste
     assert float(losses.nmse) < 1e-6  # the encoder predicts the wider stream, mean channels included
 
 
+def test_the_extra_width_of_a_widened_model_gets_gradient_everywhere():
+    """Zeros on both sides of the extra neurons, head channels and residual channels would be a saddle:
+    no gradient ever, dead width. The extra width's writes get gradient at step 0 (its reads are
+    random); after one step, so do the weights that read it."""
+    from extract.widen import widen
+
+    dense = tiny_model("gpt2")
+    d, d_mlp = dense.config.n_embd, dense.config.n_inner
+    hd = d // dense.config.n_head
+    wide = widen(dense, 2)
+    ids = _ids(dense)
+    wide(input_ids=ids, labels=ids).loss.backward()
+    for block in wide.transformer.h:
+        assert block.mlp.c_proj.weight.grad[d_mlp:].abs().sum() > 0
+        assert block.attn.c_attn.weight.grad[:, 2 * d + hd:2 * d + 2 * hd].abs().sum() > 0  # head 0's extra keys
+    torch.optim.SGD(wide.parameters(), lr=0.1).step()
+    wide.zero_grad()
+    wide(input_ids=ids, labels=ids).loss.backward()
+    for block in wide.transformer.h:
+        grads = {"mlp in": block.mlp.c_fc.weight.grad[:, d_mlp:], "mlp out": block.mlp.c_proj.weight.grad[d_mlp:],
+                 "extra residual read": block.mlp.c_fc.weight.grad[d:],
+                 "keys": block.attn.c_attn.weight.grad[:, 2 * d:4 * d], "attention out": block.attn.c_proj.weight.grad}
+        for what, grad in grads.items():
+            assert grad.abs().sum() > 0, what
+        extra_rows = block.attn.c_proj.weight.grad.abs().sum(1) > 0
+        assert extra_rows.sum() > d  # the extra value channels' output rows learn too
+
+
 def test_widening_leaves_the_random_generator_and_refuses_other_families():
     from extract.widen import WidenError, widen
 

@@ -12,6 +12,7 @@ from extract.circuits.transfer import (
     _logit_difference,
     bridged_transfer,
     dense_moves,
+    dense_patch,
     pair_batch,
     random_gates_of_size,
     sparse_deltas,
@@ -43,7 +44,7 @@ def test_an_edit_with_no_difference_moves_nothing():
     with torch.no_grad():
         empty = sparse_deltas(sparse, sites, _gates(sparse, ()), batch)  # no node swapped
         assert all(torch.equal(d, torch.zeros_like(d)) for d in empty.values())
-        assert set(dense_moves(dense, bridges, empty, batch).values()) == {0.0}
+        assert set(dense_moves(dense, bridges, empty, batch, dense_patch(dense, batch)).values()) == {0.0}
         same = PairBatch(batch.first, batch.first, batch.target, batch.alternative)  # each prompt with itself
         every = _gates(sparse, [s.key for s in sites])
         assert all(torch.equal(d, torch.zeros_like(d)) for d in sparse_deltas(sparse, sites, every, same).values())
@@ -58,7 +59,7 @@ def test_a_decoded_edit_through_identity_bridges_is_the_dense_models_own_swap():
     gates = _gates(dense, ["0.q", "0.v", "0.mlp", "1.k", "1.attn_out"])
     sites = node_sites(dense)
     with torch.no_grad():
-        moves = dense_moves(dense, bridges, sparse_deltas(sparse, sites, gates, batch), batch)
+        moves = dense_moves(dense, bridges, sparse_deltas(sparse, sites, gates, batch), batch, dense_patch(dense, batch))
         clean = _logit_difference(dense, batch.first, batch)
         donor = {}
         chosen = [s for s in sites if gates[s.key].any()]

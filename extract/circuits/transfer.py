@@ -97,22 +97,39 @@ def sparse_deltas(sparse, node_sites, gates: dict[str, torch.Tensor], batch: Pai
     return {key: patched[key] - clean[key] for key in clean}
 
 
-def dense_moves(dense, bridges: Bridges, deltas: dict[str, torch.Tensor], batch: PairBatch,
-                keys: list[str] | None = None) -> dict[str, float]:
-    """Per bridge site (those in `keys`, or all): the dense model's summed logit-difference move when that
-    site's sparse delta is decoded into its residual stream, over the full patch's summed move there."""
-    sites = [s for s in residual_sites(dense) if keys is None or s.key in keys]
+@dataclass
+class DensePatch:
+    """The dense model's side of a pair batch, computed once: its logit difference on the first prompts,
+    and per residual site the summed move of the full patch (that site's value on the second prompts)."""
+
+    sites: list
+    clean: torch.Tensor
+    full: dict[str, torch.Tensor]
+
+
+def dense_patch(dense, batch: PairBatch) -> DensePatch:
+    sites = residual_sites(dense)
     clean = _logit_difference(dense, batch.first, batch)
     donor = {}
     with residual_stream(dense, sites, recording(donor)):
         _logit_difference(dense, batch.second, batch)
-    out = {}
+    full = {}
     for site in sites:
+        with residual_stream(dense, [site], replacing(site.key, lambda h: donor[site.key])):
+            full[site.key] = (_logit_difference(dense, batch.first, batch) - clean).sum()
+    return DensePatch(sites, clean, full)
+
+
+def dense_moves(dense, bridges: Bridges, deltas: dict[str, torch.Tensor], batch: PairBatch,
+                patch: DensePatch, keys: list[str] | None = None) -> dict[str, float]:
+    """Per bridge site (those in `keys`, or all): the dense model's summed logit-difference move when that
+    site's sparse delta is decoded into its residual stream, over the full patch's summed move there."""
+    out = {}
+    for site in [s for s in patch.sites if keys is None or s.key in keys]:
         weight = bridges.decoders[site.key.replace(".", "_")].weight
         with residual_stream(dense, [site], replacing(site.key, lambda h: h + deltas[site.key] @ weight.T)):
-            moved = (_logit_difference(dense, batch.first, batch) - clean).sum()
-        with residual_stream(dense, [site], replacing(site.key, lambda h: donor[site.key])):
-            full = (_logit_difference(dense, batch.first, batch) - clean).sum()
+            moved = (_logit_difference(dense, batch.first, batch) - patch.clean).sum()
+        full = patch.full[site.key]
         out[site.key] = float(moved / full) if float(full) != 0 else 0.0
     return out
 
@@ -140,15 +157,17 @@ def bridged_transfer(dense, sparse, bridges: Bridges, node_sites, gates: dict[st
         val_batch = pair_batch(validation)
         if val_batch is None:
             return None
-        on_validation = dense_moves(dense, bridges, sparse_deltas(sparse, node_sites, gates, val_batch), val_batch)
+        on_validation = dense_moves(dense, bridges, sparse_deltas(sparse, node_sites, gates, val_batch), val_batch,
+                                    dense_patch(dense, val_batch))
         site = max(on_validation, key=on_validation.get)
-    per_site = dense_moves(dense, bridges, sparse_deltas(sparse, node_sites, gates, test_batch), test_batch)
+    patch = dense_patch(dense, test_batch)
+    per_site = dense_moves(dense, bridges, sparse_deltas(sparse, node_sites, gates, test_batch), test_batch, patch)
     generator = torch.Generator().manual_seed(seed)
     controls = []
     for _ in range(draws):
         random_gates = random_gates_of_size(gates, generator)
         deltas = sparse_deltas(sparse, node_sites, random_gates, test_batch)
-        controls.append(dense_moves(dense, bridges, deltas, test_batch, [site])[site])
+        controls.append(dense_moves(dense, bridges, deltas, test_batch, patch, [site])[site])
     return {"site": site, "fraction": per_site[site], "per_site": per_site, "test_pairs": test_batch.size // 2,
             "random_mean": sum(controls) / len(controls) if controls else None,
             "random_max": max(controls) if controls else None, "random_draws": draws}
