@@ -85,7 +85,8 @@ def row(density: Fraction, rep: dict, dense_tasks: dict) -> dict:
 
 
 def plot(result: dict, path: Path, extra: list[tuple[str, float, float, str]] = ()) -> None:
-    """Held-out loss against circuit edges; `extra` adds (label, edges, loss, marker) points (bench_width.py)."""
+    """Held-out loss against circuit edges; `extra` adds (label, edges or None, loss, marker) points
+    (bench_width.py)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +106,11 @@ def plot(result: dict, path: Path, extra: list[tuple[str, float, float, str]] = 
     if dense_edges:
         ax.plot([dense_edges], [result["dense_heldout_loss"]], "s", color="black",
                 label="dense model" + ("" if common else f" ({len(own)} circuits)"))
-    for name, edges, loss, marker in extra:
-        ax.plot([edges], [loss], marker, color="tab:red", label=name)
+    for name, edges, loss, marker in extra:  # a model with no circuit is a line at its loss
+        if edges:
+            ax.plot([edges], [loss], marker, color="tab:red", label=name)
+        else:
+            ax.axhline(loss, ls="--", lw=1, color="tab:red", label=f"{name}: no task solved")
     ax.set_xscale("log")
     ax.set_xlabel("circuit edges at the target loss (geometric mean, test split)")
     ax.set_ylabel("held-out loss (nats/token)")

@@ -58,12 +58,11 @@ def matched_densities(multiplier: int) -> tuple[float, float]:
 
 
 def width_plot_points(rows: list[dict]) -> list[tuple[str, float, float, str]]:
-    """(label, circuit edges, held-out loss, marker) per run, for the frontier plot."""
+    """(label, circuit edges or None, held-out loss, marker) per run, for the frontier plot."""
     markers = {1: "^", 2: "v"}
     return [(f"{r['width']}x wide, seed {r['seed']}, {r['steps']} steps",
              r["common_edges_geomean"] or r["edges_geomean_sparse"], r["heldout_loss"], markers.get(r["width"], "D"))
-            for r in rows
-            if r["common_edges_geomean"] or r["edges_geomean_sparse"]]
+            for r in rows]
 
 
 def main():

@@ -59,7 +59,8 @@ def test_a_decoded_edit_through_identity_bridges_is_the_dense_models_own_swap():
     gates = _gates(dense, ["0.q", "0.v", "0.mlp", "1.k", "1.attn_out"])
     sites = node_sites(dense)
     with torch.no_grad():
-        moves = dense_moves(dense, bridges, sparse_deltas(sparse, sites, gates, batch), batch, dense_patch(dense, batch))
+        deltas = sparse_deltas(sparse, sites, gates, batch)
+        moves = dense_moves(dense, bridges, deltas, batch, dense_patch(dense, batch))
         clean = _logit_difference(dense, batch.first, batch)
         donor = {}
         chosen = [s for s in sites if gates[s.key].any()]
