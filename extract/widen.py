@@ -15,11 +15,12 @@ step 0 (up to rounding), so sparsifying still starts from the dense model:
 - what the extra width reads is drawn at random (GPT-2's initializer range, from a generator seeded by
   `seed`), and what it writes is zero: extra MLP neurons read the stream and write nothing; extra
   attention channels have random queries and values but zero keys (so no score changes) and write
-  nothing; every reader takes random weights from the extra residual channels, which are exactly zero
-  after the norms at step 0, and the norms' gains there are the original channels' mean. Zeros on
-  both sides would be a saddle the gradient never leaves (a neuron with no input weights has no
-  activation, so its output weights get no gradient, and the other way round): the extra width would
-  stay dead and its per-unit minimum would spend the budget on zeros.
+  nothing; the queries, values and MLP inputs take random weights from the extra residual channels
+  too (the keys zero there as well), which are exactly zero after the norms at step 0, and the norms'
+  gains there are the original channels' mean. Zeros on both sides would be a saddle the gradient
+  never leaves (a neuron with no input weights has no activation, so its output weights get no
+  gradient, and the other way round): the extra width would stay dead and its per-unit minimum would
+  spend the budget on zeros.
 The bridges' encoders start as that map (the dense residual, then its mean in the extra channels) and
 the decoders as the projection onto the first channels (extract/bridges.py).
 """
@@ -58,7 +59,9 @@ def _head_positions(heads: int, head_dim: int, multiplier: int) -> torch.Tensor:
 def _random_readers(name: str, t: torch.Tensor, d: int, d_mlp: int, positions: torch.Tensor,
                     draw) -> torch.Tensor:
     """`t` (already in the wider layout) with random weights wherever the extra width reads (module
-    docstring); its writes stay zero."""
+    docstring); its writes stay zero. Other tensors come back as they are."""
+    if not name.endswith(("c_fc.weight", "c_attn.weight")):
+        return t
     t = t.clone()
     if name.endswith("c_fc.weight"):  # (residual in, neurons out)
         t[d:] = draw(t[d:].shape)
